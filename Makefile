@@ -1,0 +1,33 @@
+# ldm-minimal: two commands do all the set-up (see README.md).
+#   make demo   creates .venv if missing, installs, runs the main job (pictures under outputs/)
+#   make test   same set-up, then the whole test suite
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test install clean-outputs
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[dev]"
+	@# lpips depends on torchvision. Where torchvision cannot be imported next to this torch build (a
+	@# CPU-only torch wheel without a matching torchvision, as on our CI), its broken import also breaks
+	@# transformers, torchmetrics and diffusers; ldm_minimal reads lpips's weight files and never needs
+	@# torchvision, so we remove it there and say so.
+	@$(PY) -c "import torchvision" >/dev/null 2>&1 || { \
+	  echo "note: torchvision is installed but cannot be imported with this torch; uninstalling it (not needed by ldm_minimal)"; \
+	  $(PY) -m pip uninstall --quiet -y torchvision; }
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m ldm_minimal demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+clean-outputs:
+	rm -rf outputs

@@ -1,0 +1,140 @@
+"""Small shared helpers: device choice, mixed precision, input checks and image grids.
+
+Nothing here is specific to one paper concept; every module may import it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DATA_DIR = Path(os.environ.get("LDM_MINIMAL_DATA", REPO_ROOT / "data"))
+CACHE_DIR = DATA_DIR / "cache"
+
+
+def default_device() -> torch.device:
+    """The best available device: CUDA if present, else Apple's MPS, else the CPU. Never hard-coded."""
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def autocast(device: torch.device | str, enabled: bool = True) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA (the paper trained in mixed precision); a no-op elsewhere."""
+    device = torch.device(device)
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def check_images(
+    x: torch.Tensor,
+    *,
+    channels: int | None = None,
+    multiple_of: int = 1,
+    value_range: tuple[float, float] | None = (-1.0, 1.0),
+    name: str = "x",
+    tol: float = 1e-3,
+) -> None:
+    """Raise a ValueError that names the problem and the fix when ``x`` is not a valid image batch.
+
+    x: (B, C, H, W). ``multiple_of`` is the first stage's downsampling factor f: H and W must be divisible by it.
+    """
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape (B, C, H, W), got {type(x).__name__}.")
+    if x.ndim != 4:
+        raise ValueError(
+            f"{name} must have shape (B, C, H, W) (4 dimensions), got shape {tuple(x.shape)}. "
+            "Add a batch dimension with x.unsqueeze(0) for a single image."
+        )
+    if channels is not None and x.shape[1] != channels:
+        raise ValueError(
+            f"{name} has {x.shape[1]} channels but the model expects {channels}. "
+            f"Convert the images (e.g. grey -> RGB with x.repeat(1, 3, 1, 1)) or build the model with "
+            f"in_channels={x.shape[1]}."
+        )
+    h, w = x.shape[-2:]
+    if h % multiple_of or w % multiple_of:
+        ok_h, ok_w = (h // multiple_of) * multiple_of, (w // multiple_of) * multiple_of
+        raise ValueError(
+            f"{name} has size {h}x{w}, which is not divisible by the downsampling factor f={multiple_of}. "
+            f"Resize or crop to a multiple of {multiple_of} (e.g. {max(ok_h, multiple_of)}x{max(ok_w, multiple_of)})."
+        )
+    if value_range is not None and x.numel() and x.is_floating_point():
+        lo, hi = value_range
+        xmin, xmax = float(x.min()), float(x.max())
+        if xmin < lo - tol or xmax > hi + tol:
+            hint = " It looks like [0, 1] data: use x * 2 - 1." if xmin >= 0 and xmax <= 1 else ""
+            hint = " It looks like [0, 255] data: use x / 127.5 - 1." if xmax > 1.5 else hint
+            raise ValueError(
+                f"{name} has values in [{xmin:.3g}, {xmax:.3g}] but the model expects images in [{lo:g}, {hi:g}].{hint}"
+            )
+
+
+def unknown_name_error(kind: str, name: str, valid: Sequence[str]) -> ValueError:
+    """A ValueError for an unknown world/preset/option name that lists the valid ones."""
+    return ValueError(f"Unknown {kind} {name!r}. Valid {kind}s: {', '.join(sorted(valid))}.")
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """(B, C, H, W) in [-1, 1] -> (B, H, W, C) uint8 in [0, 255]."""
+    x = ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def image_grid(x: torch.Tensor, nrow: int = 8, pad: int = 2, pad_value: float = 1.0) -> np.ndarray:
+    """Tile a batch (B, C, H, W) in [-1, 1] into one (H', W', C) uint8 picture (like torchvision's make_grid)."""
+    b, c, h, w = x.shape
+    ncol = min(nrow, b)
+    nrows = (b + ncol - 1) // ncol
+    canvas = torch.full((c, nrows * (h + pad) + pad, ncol * (w + pad) + pad), pad_value, dtype=torch.float32)
+    for i in range(b):
+        r, col = divmod(i, ncol)
+        top, left = pad + r * (h + pad), pad + col * (w + pad)
+        canvas[:, top : top + h, left : left + w] = x[i].detach().float().cpu()
+    return to_uint8(canvas[None])[0]
+
+
+def save_image(array: np.ndarray, path: str | Path) -> Path:
+    """Save an (H, W, C) uint8 array as PNG, creating parent folders. Returns the path."""
+    from PIL import Image
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[..., 0]
+    Image.fromarray(array).save(path)
+    return path
+
+
+@contextlib.contextmanager
+def eval_mode(module: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """Temporarily put a module in eval mode, restoring its previous mode afterwards."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(was_training)
+
+
+def count_parameters(module: torch.nn.Module, trainable_only: bool = False) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed torch, numpy and Python's random; returns a CPU torch.Generator seeded the same way."""
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
