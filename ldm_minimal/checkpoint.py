@@ -1,0 +1,162 @@
+"""Checkpoints: safetensors weights with the model's config stored inside the file, written atomically.
+
+A checkpoint is ONE ``.safetensors`` file. Its header metadata holds a JSON document
+``{"format": "ldm-minimal", "kind": ..., "config": {...}, "info": {...}}`` so that a model can be rebuilt from
+the file alone. Loading never executes code from a file (safetensors holds only tensors and strings), and every
+failure names the file and what is wrong with it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+FORMAT = "ldm-minimal"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file is missing, corrupt, or does not fit the model it is loaded into."""
+
+
+def _to_jsonable(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return _to_jsonable(dataclasses.asdict(obj))
+    if isinstance(obj, dict):
+        return {str(k): _to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_to_jsonable(v) for v in obj]
+    return obj
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and an atomic rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def save_checkpoint(
+    path: str | Path,
+    module: torch.nn.Module | dict[str, torch.Tensor],
+    *,
+    kind: str,
+    config: Any,
+    info: dict[str, Any] | None = None,
+    dtype: torch.dtype | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Save weights (optionally cast to ``dtype``, e.g. float16 for shipping) with their config, atomically.
+
+    Refuses to replace an existing file unless ``overwrite=True``: nothing a user trained is lost silently.
+    """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(
+            f"{path} already exists. Pass overwrite=True (CLI: --overwrite) to replace it, or choose another path."
+        )
+    state = module.state_dict() if isinstance(module, torch.nn.Module) else module
+    tensors = {}
+    for k, v in state.items():
+        v = v.detach().cpu()
+        if dtype is not None and v.is_floating_point():
+            v = v.to(dtype)
+        tensors[k] = v.contiguous()
+    meta = {"format": FORMAT, "kind": kind, "config": _to_jsonable(config), "info": _to_jsonable(info or {})}
+    # safetensors writes to a path; write to a temporary file next to the target, then rename atomically.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata={"ldm_minimal": json.dumps(meta)})
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read (state_dict, metadata) from a checkpoint, with clear errors for missing or corrupt files."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"Checkpoint {path} does not exist. Check the path, or train one first.")
+    try:
+        state = load_file(str(path))
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as fh:
+            raw = (fh.metadata() or {}).get("ldm_minimal")
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(
+            f"Checkpoint {path} is truncated or corrupt and cannot be read ({e}). "
+            "Re-download or re-train it; a run's previous checkpoint is kept alongside when training."
+        ) from e
+    if raw is None:
+        raise CheckpointError(
+            f"Checkpoint {path} is a safetensors file without ldm-minimal metadata (no config inside), so the "
+            "model cannot be rebuilt from it. Load its tensors with safetensors.torch.load_file instead."
+        )
+    meta = json.loads(raw)
+    return state, meta
+
+
+def load_state_into(module: torch.nn.Module, state: dict[str, torch.Tensor], path: str | Path) -> None:
+    """``load_state_dict`` with an error that names the file and the mismatching keys/shapes."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or unexpected or wrong:
+        details = []
+        if missing:
+            details.append(f"missing {len(missing)} tensors (e.g. {missing[:3]})")
+        if unexpected:
+            details.append(f"unexpected {len(unexpected)} tensors (e.g. {unexpected[:3]})")
+        if wrong:
+            k = wrong[0]
+            details.append(f"{len(wrong)} shape mismatches (e.g. {k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)})")
+        raise CheckpointError(
+            f"Checkpoint {path} does not fit this {type(module).__name__}: " + "; ".join(details)
+            + ". It was saved from a different architecture/config: build the model from the checkpoint's own config."
+        )
+    # Cast to the module's dtype (shipped checkpoints are float16).
+    module.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
+
+
+def load_autoencoder(path: str | Path, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Rebuild a first-stage autoencoder from a checkpoint written by ``save_checkpoint(kind="autoencoder")``.
+
+    Weights are cast to float32 (shipped checkpoints are float16). Returns (model in eval mode, metadata).
+    """
+    from .autoencoder import AutoencoderConfig, build_autoencoder
+
+    state, meta = read_checkpoint(path)
+    if meta.get("kind") != "autoencoder":
+        raise CheckpointError(f"Checkpoint {path} holds a {meta.get('kind')!r}, not an autoencoder.")
+    fields = {f.name for f in dataclasses.fields(AutoencoderConfig)}
+    raw = meta["config"]
+    unknown = sorted(set(raw) - fields)
+    if unknown:
+        raise CheckpointError(f"Checkpoint {path} has config keys this version does not know: {unknown}.")
+    cfg = AutoencoderConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
+    model = build_autoencoder(cfg)
+    load_state_into(model, state, path)
+    return model.to(device).eval(), meta
