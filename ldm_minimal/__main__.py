@@ -94,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=float)
     t.add_argument("--perceptual", choices=["lpips", "lpips-random", "none"])
     t.add_argument("--disc-start", dest="disc_start", type=int)
+    t.add_argument("--disc-ramp", dest="disc_ramp", type=int, help="steps over which the adversarial weight rises (0: at once)")
     t.add_argument("--no-adversarial", dest="adversarial", action="store_false", default=None)
     t.add_argument("--seed", type=int)
     t.add_argument("--device")

@@ -18,6 +18,13 @@ The adversarial game starts at ``disc_start``: before it, the generator's advers
 D_psi is not even evaluated) and the discriminator is not trained; reconstructions first become good with L1 +
 LPIPS alone. (Expect a transient: reconstructions get worse for a while when the discriminator switches on.)
 
+``disc_ramp`` (our addition; 0 = the reference's behaviour) softens that transient: from ``disc_start`` the
+discriminator trains at full strength, but the generator's adversarial weight rises linearly from 0 to
+``disc_factor`` over ``disc_ramp`` steps. At switch-on the adaptive weight makes the adversarial gradient at the
+decoder's last layer as large as ``disc_weight`` times the reconstruction gradient, while D_psi is still untrained
+and its gradient carries no information; on a short CPU budget that transient never heals (measured in
+docs/results/ae_reconstruction.md), so the CPU presets ramp.
+
 Deliberate choices (see docs and ldm-reference.md section 2):
 - logvar: the reference keeps a scalar ``logvar`` nn.Parameter in the loss but never gives it to an optimizer, so
   it stays at logvar_init (0) forever and nll = sum(rec) / B. We make that explicit: logvar is a fixed buffer.
@@ -64,6 +71,7 @@ class AutoencoderLossConfig:
     disc_start: int = 50001
     disc_weight: float | None = None
     disc_factor: float = 1.0
+    disc_ramp: int = 0  # steps over which the generator's adversarial weight rises from 0 (0 = at once, as the reference)
     disc_loss: str = "hinge"
     disc_n_layers: int = 3
     disc_ndf: int = 64
@@ -83,6 +91,8 @@ class AutoencoderLossConfig:
         for field_name in ("perceptual_weight", "kl_weight", "codebook_weight", "disc_weight", "disc_factor"):
             if getattr(self, field_name) < 0:
                 raise ValueError(f"AutoencoderLossConfig.{field_name} must be >= 0, got {getattr(self, field_name)}.")
+        if int(self.disc_ramp) != self.disc_ramp or self.disc_ramp < 0:
+            raise ValueError(f"disc_ramp must be a non-negative number of steps, got {self.disc_ramp}.")
         if int(self.disc_start) != self.disc_start or self.disc_start < 0:
             raise ValueError(
                 f"disc_start must be a non-negative step number, got {self.disc_start}. Use 0 to train the "
@@ -190,6 +200,14 @@ class AutoencoderLoss(nn.Module):
         # Fixed, never optimised (the reference's logvar parameter is not in any optimizer; see module docstring).
         self.register_buffer("logvar", torch.tensor(float(cfg.logvar_init)))
 
+    def adversarial_factor(self, step: int) -> float:
+        """disc_factor times the linear ramp: 0 before disc_start, rising to disc_factor over disc_ramp steps."""
+        if not self.disc_active(step):
+            return 0.0
+        if self.cfg.disc_ramp <= 0:
+            return float(self.cfg.disc_factor)
+        return float(self.cfg.disc_factor) * min(1.0, (step - self.cfg.disc_start + 1) / self.cfg.disc_ramp)
+
     def disc_active(self, step: int) -> bool:
         """Whether the adversarial game is on at ``step`` (step >= disc_start and disc_factor > 0)."""
         return step >= self.cfg.disc_start and self.cfg.disc_factor > 0
@@ -280,9 +298,10 @@ class AutoencoderLoss(nn.Module):
                 d_weight = adaptive_weight(nll, g_loss, last_layer, float(cfg.disc_weight))
             else:  # validation without gradients: the adaptive weight is undefined; leave the GAN term out
                 d_weight = torch.zeros((), device=x.device)
-            # L += lambda * disc_factor * L_adv
-            loss = loss + d_weight * cfg.disc_factor * g_loss
-            logs.update(g_loss=_item(g_loss), d_weight=_item(d_weight))
+            # L += lambda * disc_factor * ramp(step) * L_adv
+            factor = self.adversarial_factor(step)
+            loss = loss + d_weight * factor * g_loss
+            logs.update(g_loss=_item(g_loss), d_weight=_item(d_weight), adv_factor=factor)
         else:
             logs.update(g_loss=0.0, d_weight=0.0)
         logs["loss"] = _item(loss)

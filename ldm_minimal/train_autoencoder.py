@@ -47,6 +47,7 @@ class AETrainConfig:
     codebook_weight: float = 1.0
     disc_start: int | None = None  # default: half of the steps
     disc_weight: float | None = None  # default: 0.5 (KL) / 0.75 (VQ)
+    disc_ramp: int | None = None  # default: a quarter of the steps (see ldm_minimal.losses; 0 = the reference)
     adversarial: bool = True  # False: no discriminator at all (the "L1 (+ perceptual) only" baselines)
     seed: int = 0
     log_every: int = 50
@@ -66,6 +67,7 @@ class AETrainConfig:
             codebook_weight=self.codebook_weight,
             disc_start=disc_start,
             disc_weight=disc_weight,
+            disc_ramp=self.disc_ramp if self.disc_ramp is not None else self.steps // 4,
         )
 
 

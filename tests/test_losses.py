@@ -331,3 +331,17 @@ def test_real_lpips_offline_raises_through_the_loss(monkeypatch):
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
     with pytest.raises(PerceptualWeightsUnavailable, match="lpips-random"):
         AutoencoderLoss(AutoencoderLossConfig(perceptual="lpips"))
+
+
+def test_disc_ramp_raises_the_adversarial_weight_linearly():
+    from ldm_minimal.losses import AutoencoderLoss, AutoencoderLossConfig
+
+    loss = AutoencoderLoss(AutoencoderLossConfig(kind="vq", perceptual="none", disc_start=10, disc_ramp=4, disc_factor=1.0))
+    assert [loss.adversarial_factor(s) for s in (0, 9, 10, 11, 12, 13, 14, 100)] == [0.0, 0.0, 0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    assert loss.disc_active(10) and not loss.disc_active(9)
+    reference = AutoencoderLoss(AutoencoderLossConfig(kind="vq", perceptual="none", disc_start=10, disc_factor=0.5))
+    assert reference.adversarial_factor(10) == 0.5, "disc_ramp=0 must give the reference's immediate switch-on"
+    import pytest
+
+    with pytest.raises(ValueError, match="disc_ramp"):
+        AutoencoderLossConfig(kind="kl", disc_ramp=-1)
