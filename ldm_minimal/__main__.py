@@ -95,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--perceptual", choices=["lpips", "lpips-random", "none"])
     t.add_argument("--disc-start", dest="disc_start", type=int)
     t.add_argument("--disc-ramp", dest="disc_ramp", type=int, help="steps over which the adversarial weight rises (0: at once)")
+    t.add_argument("--disc-ndf", dest="disc_ndf", type=int, help="PatchGAN base width (reference: 64)")
+    t.add_argument("--disc-n-layers", dest="disc_n_layers", type=int, help="PatchGAN depth (reference: 3)")
     t.add_argument("--no-adversarial", dest="adversarial", action="store_false", default=None)
     t.add_argument("--seed", type=int)
     t.add_argument("--device")

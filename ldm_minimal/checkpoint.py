@@ -160,3 +160,31 @@ def load_autoencoder(path: str | Path, device: torch.device | str = "cpu") -> tu
     model = build_autoencoder(cfg)
     load_state_into(model, state, path)
     return model.to(device).eval(), meta
+
+
+MANIFEST_NAME = "MANIFEST.json"
+
+
+def sha256_of(path: str | Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def update_manifest(checkpoint: str | Path, entry: dict[str, Any]) -> Path:
+    """Record a shipped checkpoint in the MANIFEST.json next to it: the entry (command, steps, wall time, machine,
+    quality, ...) plus its file name, size and sha256. Written atomically; other entries are kept."""
+    checkpoint = Path(checkpoint)
+    manifest = checkpoint.parent / MANIFEST_NAME
+    data = json.loads(manifest.read_text()) if manifest.exists() else {"checkpoints": {}}
+    data["checkpoints"][checkpoint.name] = {
+        **_to_jsonable(entry),
+        "bytes": checkpoint.stat().st_size,
+        "sha256": sha256_of(checkpoint),
+    }
+    atomic_write_bytes(manifest, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
+    return manifest

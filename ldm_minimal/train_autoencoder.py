@@ -48,6 +48,8 @@ class AETrainConfig:
     disc_start: int | None = None  # default: half of the steps
     disc_weight: float | None = None  # default: 0.5 (KL) / 0.75 (VQ)
     disc_ramp: int | None = None  # default: a quarter of the steps (see ldm_minimal.losses; 0 = the reference)
+    disc_ndf: int = 64  # PatchGAN width (the reference's 64; the CPU experiments use 32)
+    disc_n_layers: int = 3  # PatchGAN depth (3 gives 2x2 patches at 32x32; the CPU experiments use 2)
     adversarial: bool = True  # False: no discriminator at all (the "L1 (+ perceptual) only" baselines)
     seed: int = 0
     log_every: int = 50
@@ -68,6 +70,8 @@ class AETrainConfig:
             disc_start=disc_start,
             disc_weight=disc_weight,
             disc_ramp=self.disc_ramp if self.disc_ramp is not None else self.steps // 4,
+            disc_ndf=self.disc_ndf,
+            disc_n_layers=self.disc_n_layers,
         )
 
 

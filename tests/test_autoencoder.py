@@ -22,14 +22,6 @@ from ldm_minimal.regularizers import DiagonalGaussian
 FACTORS = [1, 2, 4, 8, 16]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """These tiny convolutions are fastest on one thread; with 2 threads on shared, busy cores the OpenMP
-    synchronisation made this file up to 20x slower. Restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _images(b: int = 2, size: int = 32, seed: int = 0) -> torch.Tensor:

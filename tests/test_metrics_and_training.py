@@ -43,7 +43,6 @@ def test_autoencoder_training_loop_learns_and_writes_a_run(tmp_path):
     from ldm_minimal.checkpoint import load_autoencoder
     from ldm_minimal.train_autoencoder import AETrainConfig, evaluate_autoencoder, make_batches, train_autoencoder
 
-    torch.set_num_threads(1)
     cfg = AETrainConfig(model="tiny-vq-f4", model_overrides={"ch": 16, "n_embed": 64}, steps=40, batch_size=8,
                         lr=2e-3, perceptual="none", disc_start=30, log_every=10)
     untrained = evaluate_autoencoder(__import__("ldm_minimal.autoencoder", fromlist=["x"]).build_autoencoder(

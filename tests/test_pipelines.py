@@ -7,7 +7,7 @@ import torch
 
 from ldm_minimal.masks import box_mask
 from ldm_minimal.pipelines import bicubic_upscale, inpaint, inpaint_baseline, latent_mask, upscale
-from test_latent_diffusion import gen, micro, one_thread, shapes_batch  # noqa: F401 (one_thread: autouse fixture)
+from test_latent_diffusion import gen, micro, shapes_batch
 
 
 @pytest.fixture(scope="module")

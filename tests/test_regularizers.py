@@ -10,14 +10,6 @@ import torch
 from ldm_minimal.regularizers import DiagonalGaussian, VectorQuantizer
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """These tiny convolutions are fastest on one thread; with 2 threads on shared, busy cores the OpenMP
-    synchronisation made this file up to 20x slower. Restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _gaussian(b: int = 2, c: int = 3, h: int = 2, w: int = 2, seed: int = 0) -> DiagonalGaussian:

@@ -30,14 +30,6 @@ from ldm_minimal.samplers import (
 SHAPE = (2, 4, 8, 8)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Samplers run ~1000 tiny steps; on a shared 2-core machine intra-op threads only add contention
-    (measured: 37 s vs 1.5 s for one 1000-step run). Restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
