@@ -28,13 +28,18 @@ from ldm_minimal.unet import UNet, unet_config  # noqa: E402
 
 
 def _median_time(fn, repeats: int, warmup: int = 1) -> float:
+    """Median CPU time (time.process_time) of ``fn`` over ``repeats`` calls after ``warmup`` calls.
+
+    CPU time of a single-threaded process is what a learner's laptop core spends; unlike wall time it is barely
+    affected by other processes on a shared machine (run with --threads 1, the default).
+    """
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(repeats):
-        t = time.perf_counter()
+        t = time.process_time()
         fn()
-        times.append(time.perf_counter() - t)
+        times.append(time.process_time() - t)
     return statistics.median(times)
 
 
@@ -87,7 +92,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true")
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (CPU time is reported: use 1)")
     args = p.parse_args()
+    torch.set_num_threads(args.threads)
     reps = 1 if args.quick else args.repeats
     rows = [unet_cost("tiny", 16, 8, (16, 64), reps)]
     if not args.quick:
@@ -102,7 +109,8 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "model_cost.json").write_text(json.dumps({"info": info, "rows": rows}, indent=2))
     lines = ["# Model cost on CPU", "", f"Machine: {info['machine']}, {info['cpu_count']} cores, {info['torch_threads']} torch threads, "
-             f"torch {info['torch']}. Command: `{info['command']}`. Median of {reps} repeats.", "",
+             f"torch {info['torch']}. Command: `{info['command']}`. Median CPU time (process time, one thread) of {reps} repeats "
+             "after warm-up; the untrained presets are timed (the cost does not depend on the weights).", "",
              "| model | parameters | batch | input | forward | forward + backward |", "|---|---|---|---|---|---|"]
     for r in rows:
         if r["model"].startswith("unet"):
