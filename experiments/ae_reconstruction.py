@@ -82,8 +82,8 @@ def fmt(v, spec=".3f"):
 
 def write_report(results: dict[str, dict], args: argparse.Namespace, out: Path, run_root: Path, total_s: float) -> None:
     lines = ["# First-stage autoencoders on shapes-32 (issue 2)", "",
-             f"Machine: {platform.machine()} {platform.processor() or ''}, {torch.get_num_threads()} torch threads, "
-             f"torch {torch.__version__}, CPU. Total wall time of this report's runs: {total_s / 60:.1f} min.",
+             f"Machine: {platform.machine()} CPU, {os.cpu_count()} cores, no GPU; torch {torch.__version__}. "
+             f"Total wall time of this report's runs: {total_s / 60:.1f} min (two runs at a time, one thread each).",
              f"Command: `python experiments/ae_reconstruction.py --steps {args.steps} --batch-size {args.batch_size} --lr {args.lr} "
              f"--disc-ndf {args.disc_ndf} --disc-n-layers {args.disc_n_layers}` "
              "(run here as two processes with `--threads 1`, KL runs and VQ runs, side by side)", "",
@@ -106,6 +106,7 @@ def write_report(results: dict[str, dict], args: argparse.Namespace, out: Path, 
                      f"{r['psnr']:.2f} | {r['ssim']:.4f} | {fmt(r.get('lpips'), '.4f')} | {r['sharpness']:.3f} | {codes} | "
                      f"{fmt(r.get('perplexity'), '.1f')} | {r['wall_time_s'] / 60:.1f} min |")
     lines += ["", "![reconstructions per f](ae_reconstructions_by_f.png)", "",
+              "Rows: held-out originals, then " + ", ".join(n for n in TABLE if n in results) + ".", "",
               "## 2. What the perceptual and adversarial terms do (KL, f = 4, same budget)", "",
               "| loss | PSNR (dB) | SSIM | LPIPS (offline) | sharpness |", "|---|---|---|---|---|"]
     labels = {"kl-f4-l1": "L1 only", "kl-f4-l1-perceptual": "L1 + perceptual (random-VGG LPIPS)",
@@ -115,6 +116,7 @@ def write_report(results: dict[str, dict], args: argparse.Namespace, out: Path, 
         if r:
             lines.append(f"| {labels[n]} | {r['psnr']:.2f} | {r['ssim']:.4f} | {fmt(r.get('lpips'), '.4f')} | {r['sharpness']:.3f} |")
     lines += ["", "![loss ablation](ae_loss_ablation.png)", "",
+              "Rows: held-out originals, L1 only, L1 + perceptual, full loss.", "",
               "## 3. Dead codes (VQ, f = 4, same budget)", "",
               "| codebook | loss | restarts | codes used (held-out) | perplexity | codes restarted in training | PSNR (dB) |",
               "|---|---|---|---|---|---|---|"]
@@ -124,10 +126,35 @@ def write_report(results: dict[str, dict], args: argparse.Namespace, out: Path, 
             loss = "L1 + codebook" if "4096" in n else "full"
             lines.append(f"| {r['codebook_size']} | {loss} | {'no' if 'no-restart' in n else 'yes'} | "
                          f"{r['codes_used']}/{r['codebook_size']} | {r['perplexity']:.1f} | {r.get('codes_restarted', '-')} | {r['psnr']:.2f} |")
+    lines += _verdicts(results)
     lines += _first_attempt_section()
     lines.append("")
     (out / "ae_reconstruction.md").write_text("\n".join(lines))
     (out / "ae_reconstruction.json").write_text(json.dumps(results, indent=2))
+
+
+def _verdicts(results: dict[str, dict]) -> list[str]:
+    """The paper's claims next to our measurements, decided from the numbers above."""
+    lines = ["", "## Paper claims against our measurements", "", "| claim | measured here | holds at our scale? |", "|---|---|---|"]
+    for kind in ("kl", "vq"):
+        ps = [results.get(f"{kind}-f{f}", {}).get("psnr") for f in (2, 4, 8)]
+        if None not in ps:
+            holds = ps[0] > ps[1] > ps[2]
+            lines.append(f"| reconstruction quality falls as f grows (Tab. 8), {kind.upper()} | PSNR "
+                         f"{ps[0]:.1f} / {ps[1]:.1f} / {ps[2]:.1f} dB at f = 2 / 4 / 8 | {'yes' if holds else 'no'} |")
+    l1, full = results.get("kl-f4-l1"), results.get("kl-f4")
+    if l1 and full:
+        sharper = full["sharpness"] > l1["sharpness"]
+        lines.append(f"| perceptual + adversarial losses give sharper reconstructions than pixel losses (Sec. 3.1) | "
+                     f"sharpness {l1['sharpness']:.3f} (L1) -> {results.get('kl-f4-l1-perceptual', l1)['sharpness']:.3f} "
+                     f"(+ perceptual) -> {full['sharpness']:.3f} (+ GAN) | "
+                     f"{'yes' if sharper else 'no: on this short budget the discriminator hurt (see section 4)'} |")
+    a, b = results.get("vq-f4-no-restart"), results.get("vq-f4")
+    if a and b:
+        lines.append(f"| (ours) restarting dead codes keeps the codebook in use | {a['codes_used']} -> {b['codes_used']} "
+                     f"of {b['codebook_size']} codes, PSNR {a['psnr']:.1f} -> {b['psnr']:.1f} dB | "
+                     f"{'yes' if b['codes_used'] > a['codes_used'] else 'no'} |")
+    return lines
 
 
 def _first_attempt_section() -> list[str]:

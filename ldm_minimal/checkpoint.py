@@ -22,6 +22,15 @@ from safetensors.torch import load_file, save_file
 FORMAT = "ldm-minimal"
 
 
+def _publish(tmp: str | Path, path: Path) -> None:
+    """Give a temporary file the permissions of a normally created file (mkstemp makes it private), then rename it
+    over ``path`` atomically."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    os.replace(tmp, path)
+
+
 class CheckpointError(RuntimeError):
     """A checkpoint file is missing, corrupt, or does not fit the model it is loaded into."""
 
@@ -46,7 +55,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        _publish(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -86,7 +95,7 @@ def save_checkpoint(
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata={"ldm_minimal": json.dumps(meta)})
-        os.replace(tmp, path)
+        _publish(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
