@@ -19,6 +19,7 @@ The package follows the paper's structure, one module per concept:
 - ``ldm_minimal.metrics``           PSNR, SSIM, LPIPS and sharpness of reconstructions (Tab. 8)
 - ``ldm_minimal.checkpoint``        safetensors checkpoints with their config, written atomically
 - ``ldm_minimal.train_autoencoder`` the plain PyTorch training loop of the first stage
+- ``ldm_minimal.experiments``       the paper's experiments in miniature (results in docs/results/)
 """
 
 __version__ = "0.1.0"

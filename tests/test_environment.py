@@ -72,3 +72,15 @@ def test_top_level_layout():
     for name in ["notebooks", "ldm_minimal", "data", "solutions", "tests", "environment.yml", "README.md",
                  "pyproject.toml", "Makefile", ".ci/run"]:
         assert (ROOT / name).exists(), f"missing top-level {name}"
+
+
+def test_nothing_else_at_the_top_level():
+    import subprocess
+
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True).stdout.split()
+    if not tracked:  # not a git checkout (e.g. an sdist): nothing to check
+        return
+    top = {p.split("/")[0] for p in tracked}
+    allowed = {"notebooks", "ldm_minimal", "data", "solutions", "tests", "environment.yml", "README.md",
+               "pyproject.toml", "Makefile", ".ci", "docs", "benchmarks", "LICENSE", ".gitignore"}
+    assert top <= allowed, f"unexpected top-level entries: {sorted(top - allowed)}"

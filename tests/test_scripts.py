@@ -32,7 +32,7 @@ def test_model_cost_quick():
 
 
 def test_ae_reconstruction_quick():
-    stdout = _run(["experiments/ae_reconstruction.py", "--quick", "--no-progress", "--only", "kl-f2", "vq-f2", "--rerun"])
+    stdout = _run(["-m", "ldm_minimal.experiments.ae_reconstruction", "--quick", "--no-progress", "--only", "kl-f2", "vq-f2", "--rerun"])
     report = (ROOT / "docs" / "results" / "quick" / "ae_reconstruction.md").read_text()
     assert "| kl-f2 | 2 |" in report and "| vq-f2 | 2 |" in report
     assert "report:" in stdout

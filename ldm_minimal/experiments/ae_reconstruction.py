@@ -5,8 +5,8 @@
    and with the full loss, side by side, with a sharpness number (high-frequency energy ratio to the originals).
 3. The dead-code remedy: the VQ f=4 model with and without codebook restarts (codes used, perplexity).
 
-    python experiments/ae_reconstruction.py            # all runs (CPU: see docs/results/ae_reconstruction.md)
-    python experiments/ae_reconstruction.py --quick    # a smoke run of every code path (tiny budget)
+    python -m ldm_minimal.experiments.ae_reconstruction            # all runs (CPU: docs/results/ae_reconstruction.md)
+    python -m ldm_minimal.experiments.ae_reconstruction --quick    # a smoke run of every code path (tiny budget)
 
 Results: docs/results/ae_reconstruction.{json,md} and figures docs/results/ae_*.png. Finished runs are kept
 under runs/ae_reconstruction/ and skipped when the script is run again (delete the folder to start over).
@@ -18,20 +18,16 @@ import argparse
 import json
 import os
 import platform
-import shutil
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from ldm_minimal.checkpoint import load_autoencoder  # noqa: E402
-from ldm_minimal.lpips import LPIPS  # noqa: E402
-from ldm_minimal.train_autoencoder import AETrainConfig, evaluate_autoencoder, make_batches, reconstruct, train_autoencoder  # noqa: E402
-from ldm_minimal.utils import count_parameters, image_grid, save_image  # noqa: E402
+from ldm_minimal.checkpoint import load_autoencoder
+from ldm_minimal.lpips import LPIPS
+from ldm_minimal.train_autoencoder import AETrainConfig, evaluate_autoencoder, make_batches, reconstruct, train_autoencoder
+from ldm_minimal.utils import REPO_ROOT as ROOT
+from ldm_minimal.utils import count_parameters, image_grid, save_image
 
 # name -> (preset, overrides of AETrainConfig, model overrides)
 RUNS: dict[str, tuple[str, dict, dict]] = {
@@ -84,7 +80,7 @@ def write_report(results: dict[str, dict], args: argparse.Namespace, out: Path, 
     lines = ["# First-stage autoencoders on shapes-32 (issue 2)", "",
              f"Machine: {platform.machine()} CPU, {os.cpu_count()} cores, no GPU; torch {torch.__version__}. "
              f"Total wall time of this report's runs: {total_s / 60:.1f} min (two runs at a time, one thread each).",
-             f"Command: `python experiments/ae_reconstruction.py --steps {args.steps} --batch-size {args.batch_size} --lr {args.lr} "
+             f"Command: `python -m ldm_minimal.experiments.ae_reconstruction --steps {args.steps} --batch-size {args.batch_size} --lr {args.lr} "
              f"--disc-ndf {args.disc_ndf} --disc-n-layers {args.disc_n_layers}` "
              "(run here as two processes with `--threads 1`, KL runs and VQ runs, side by side)", "",
              f"Every model: {args.steps} steps of batch {args.batch_size} on shapes-32 rendered on the fly (seed {args.seed}), "
@@ -249,7 +245,7 @@ def main() -> None:
                         dtype=torch.float16, overwrite=True)
         r = results[run]
         preset, train_over, model_over = RUNS[run]
-        cmd = (f"python experiments/ae_reconstruction.py --steps {args.steps} --batch-size {args.batch_size} "
+        cmd = (f"python -m ldm_minimal.experiments.ae_reconstruction --steps {args.steps} --batch-size {args.batch_size} "
                f"--lr {args.lr} --disc-ndf {args.disc_ndf} --disc-n-layers {args.disc_n_layers} --only {run} --ship {args.ship}")
         update_manifest(dst, {"kind": "autoencoder", "world": "shapes32", "run": run, "preset": preset,
                               "train_overrides": train_over, "model_overrides": model_over, "command": cmd,
