@@ -58,12 +58,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_train_ae(args: argparse.Namespace) -> int:
+    import dataclasses
+
     from .train_autoencoder import AETrainConfig, train_autoencoder
 
-    cfg = AETrainConfig()
-    for key, value in vars(args).items():
-        if key in {f.name for f in __import__("dataclasses").fields(AETrainConfig)} and value is not None:
-            setattr(cfg, key, value)
+    fields = {f.name for f in dataclasses.fields(AETrainConfig)}
+    cfg = AETrainConfig(**{k: v for k, v in vars(args).items() if k in fields and v is not None})
     _, summary = train_autoencoder(cfg, out_dir=args.out, overwrite=args.overwrite)
     print(json.dumps(summary, indent=2))
     return 0

@@ -100,6 +100,16 @@ class DiagonalGaussian:
         return f"DiagonalGaussian(shape={tuple(self.mean.shape)})"
 
 
+def perplexity(weights: Tensor) -> Tensor:
+    """exp(H(p)) of the distribution p proportional to ``weights`` (K,): 1 if one code is used, K if all equally.
+
+    Used for a batch's code shares, the running EMA usage, and code counts over a whole evaluation set.
+    """
+    p = weights.float() / weights.float().sum().clamp_min(1e-12)
+    # perplexity = exp(-sum_k p_k log p_k)
+    return torch.exp(-(p * torch.log(p.clamp_min(1e-10))).sum())
+
+
 class VectorQuantizer(nn.Module):
     """Vector quantisation of z with a learned codebook {e_k}, k = 1..n_embed (paper Sec. 3.1, "VQ-reg."; VQ-VAE).
 
@@ -187,7 +197,7 @@ class VectorQuantizer(nn.Module):
             counts = torch.bincount(idx, minlength=self.n_embed).float()  # (K,)
             share = counts / idx.numel()  # (K,), sums to 1
             # perplexity = exp(H(mean one-hot)) = exp(-sum_k p_k log p_k): 1 if one code, K if all equally used
-            perplexity = torch.exp(-(share * torch.log(share.clamp_min(1e-10))).sum())
+            batch_perplexity = perplexity(share)
             used_codes = (counts > 0).sum()
 
             restarted = torch.zeros((), dtype=torch.long, device=z.device)
@@ -196,7 +206,7 @@ class VectorQuantizer(nn.Module):
 
         info = {
             "indices": rearrange(idx, "(b h w) -> b h w", b=b, h=h, w=w),
-            "perplexity": perplexity.detach(),
+            "perplexity": batch_perplexity.detach(),
             "used_codes": used_codes,
             "restarted": restarted,
         }
@@ -235,10 +245,9 @@ class VectorQuantizer(nn.Module):
     @torch.no_grad()
     def codebook_usage(self) -> dict[str, Tensor | int | float]:
         """Running codebook statistics: EMA usage shares, their perplexity, dead codes and restarts so far."""
-        p = self.usage / self.usage.sum().clamp_min(1e-12)
         return {
             "usage": self.usage.clone(),
-            "perplexity": float(torch.exp(-(p * torch.log(p.clamp_min(1e-10))).sum())),
+            "perplexity": float(perplexity(self.usage)),
             "dead_codes": int((self.usage < self.dead_threshold / self.n_embed).sum()),
             "n_restarts": int(self.n_restarts),
             "n_embed": self.n_embed,

@@ -22,10 +22,11 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .autoencoder import AutoencoderKL, VQModel, autoencoder_config, build_autoencoder
+from .autoencoder import VQModel, autoencoder_config, build_autoencoder
 from .checkpoint import save_checkpoint
 from .losses import AutoencoderLoss, AutoencoderLossConfig, autoencoder_train_step
 from .metrics import ReconstructionMetrics
+from .regularizers import perplexity
 from .utils import autocast, default_device, image_grid, save_image, seed_everything
 
 
@@ -125,8 +126,7 @@ def evaluate_autoencoder(
         metrics.update(x.cpu(), x_hat.float().cpu())
     out = metrics.compute()
     if counts is not None:
-        p = counts.float() / counts.sum()
-        out["perplexity"] = float(torch.exp(-(p[p > 0] * p[p > 0].log()).sum()))
+        out["perplexity"] = float(perplexity(counts))
         out["codes_used"] = int((counts > 0).sum())
         out["codebook_size"] = int(counts.numel())
     model.train(was_training)
@@ -202,9 +202,6 @@ def train_autoencoder(
 
 @torch.no_grad()
 def reconstruct(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Deterministic reconstruction D(E(x)): posterior mode for KL, quantised codes for VQ."""
-    if isinstance(model, AutoencoderKL):
-        return model.decode(model.encode(x).mode())
-    if isinstance(model, VQModel):
-        return model.decode(model.encode(x))
-    return model.decode_latent(model.encode_latent(x))
+    """Deterministic reconstruction D(E(x)): posterior mode for KL, quantised codes for VQ (the first stages'
+    shared ``encode_latent`` / ``decode_latent`` interface)."""
+    return model.decode_latent(model.encode_latent(x, sample=False))

@@ -40,13 +40,14 @@ def test_reconstruction_metrics_accumulate():
 
 
 def test_autoencoder_training_loop_learns_and_writes_a_run(tmp_path):
+    from ldm_minimal.autoencoder import build_autoencoder
     from ldm_minimal.checkpoint import load_autoencoder
     from ldm_minimal.train_autoencoder import AETrainConfig, evaluate_autoencoder, make_batches, train_autoencoder
 
     cfg = AETrainConfig(model="tiny-vq-f4", model_overrides={"ch": 16, "n_embed": 64}, steps=40, batch_size=8,
                         lr=2e-3, perceptual="none", disc_start=30, log_every=10)
-    untrained = evaluate_autoencoder(__import__("ldm_minimal.autoencoder", fromlist=["x"]).build_autoencoder(
-        "tiny-vq-f4", ch=16, n_embed=64), make_batches("shapes", 32, 16, 0, "test"), 2)
+    untrained = evaluate_autoencoder(build_autoencoder("tiny-vq-f4", ch=16, n_embed=64),
+                                     make_batches("shapes", 32, 16, 0, "test"), 2)
     model, summary = train_autoencoder(cfg, out_dir=tmp_path / "run", progress=False)
     trained = evaluate_autoencoder(model, make_batches("shapes", 32, 16, 0, "test"), 2)
     assert trained["psnr"] > untrained["psnr"] + 3, (untrained, trained)
