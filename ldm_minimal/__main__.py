@@ -2,7 +2,7 @@
 
 Commands
   demo        the main job: data-world samples and autoencoder reconstructions under outputs/
-  train-ae    train a first-stage autoencoder (KL or VQ, any f) on a data world
+  train       train a first stage (ae) or a latent diffusion model (ldm): python -m ldm_minimal train --help
   worlds      list the data worlds
 """
 
@@ -57,15 +57,102 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_train_ae(args: argparse.Namespace) -> int:
+def _train_flag_type(f) -> dict:
+    """argparse settings for one TrainConfig field (every setting can be overridden on the command line)."""
+    t = str(f.type)
+    if "bool" in t:
+        return dict(action=argparse.BooleanOptionalAction)
+    if "tuple" in t:
+        return dict(type=float, nargs=2, metavar=("B1", "B2"))
+    if "dict" in t:
+        return dict(type=json.loads, metavar="JSON")
+    if "float" in t:
+        return dict(type=float)
+    if "int" in t:
+        return dict(type=int)
+    return dict(type=str)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from .train_autoencoder import AETrainConfig, train_autoencoder
+    from .train import TrainConfig, resume_config, train, train_config
 
-    fields = {f.name for f in dataclasses.fields(AETrainConfig)}
-    cfg = AETrainConfig(**{k: v for k, v in vars(args).items() if k in fields and v is not None})
-    _, summary = train_autoencoder(cfg, out_dir=args.out, overwrite=args.overwrite)
+    fields = [f.name for f in dataclasses.fields(TrainConfig) if f.name != "task"]
+    given = {k: getattr(args, k) for k in fields if getattr(args, k, None) is not None}
+    if args.resume:
+        if args.preset:
+            print("note: --preset is ignored with --resume (the run keeps its own settings).")
+        cfg = resume_config(args.out, **given)
+        if cfg.task != args.task:
+            raise SystemExit(f"--resume: {args.out} holds a '{cfg.task}' run, not '{args.task}'.")
+    else:
+        cfg = train_config(args.preset, args.task, **given)
+    import shlex
+
+    command = "python -m ldm_minimal " + shlex.join(args.argv) if getattr(args, "argv", None) else None
+    summary = train(cfg, args.out, resume=args.resume, overwrite=args.overwrite, command=command)
     print(json.dumps(summary, indent=2))
+    return 0
+
+
+def add_train_command(sub) -> None:
+    import dataclasses
+
+    from .train import TASKS, TrainConfig
+
+    t = sub.add_parser(
+        "train", help="train an autoencoder (ae) or a latent diffusion model (ldm)",
+        description="Train a first stage (ae) or a latent diffusion model (ldm). Every TrainConfig field is a flag; "
+                    "--preset cpu|gpu picks sized defaults. Examples:\n"
+                    "  python -m ldm_minimal train ae --preset cpu --model tiny-kl-f4 --out runs/ae\n"
+                    "  python -m ldm_minimal train ldm --preset cpu --model shapes-t2i "
+                    "--first-stage runs/ae/model.safetensors --out runs/t2i\n"
+                    "  python -m ldm_minimal train ldm --out runs/t2i --resume --steps 12000",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    t.add_argument("task", choices=TASKS)
+    t.add_argument("--preset", choices=["cpu", "gpu"], help="sized defaults (none: the TrainConfig defaults)")
+    t.add_argument("--out", required=True, help="run folder (config, metrics, samples, checkpoints, model)")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
+    t.add_argument("--overwrite", action="store_true", help="delete a run already in --out and start afresh")
+    for f in dataclasses.fields(TrainConfig):
+        if f.name == "task":
+            continue
+        t.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=None, **_train_flag_type(f))
+    t.set_defaults(func=cmd_train)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """A run's model (EMA weights) -> a float16 shipping copy, recorded in the MANIFEST.json next to it."""
+    import torch
+
+    from .checkpoint import load_model, read_checkpoint, save_checkpoint, save_ldm, update_manifest
+
+    run = Path(args.run)
+    src = run / "model.safetensors"
+    summary = json.loads((run / "summary.json").read_text())
+    config = json.loads((run / "config.json").read_text())
+    model, meta = load_model(src)
+    dest = Path(args.to)
+    info = {**meta.get("info", {}), "exported_from": str(src)}
+    if meta["kind"] == "ldm":
+        save_ldm(dest, model, info=info, dtype=torch.float16, overwrite=args.overwrite)
+    else:
+        state, _ = read_checkpoint(src)
+        save_checkpoint(dest, state, kind=meta["kind"], config=meta["config"], info=info, dtype=torch.float16,
+                        overwrite=args.overwrite)
+    entry = {
+        "kind": meta["kind"], "dtype": "float16", "command": config.get("command") or summary.get("command"),
+        "steps": summary["steps"], "wall_time_s": summary["wall_time_s"], "machine": summary["machine"],
+        "world": summary["world"], "preset": config["train"]["model"], "batch_size": config["train"]["batch_size"],
+    }
+    if args.first_stage_command:
+        entry["first_stage_command"] = args.first_stage_command
+    if args.quality:
+        entry["quality"] = json.loads(Path(args.quality).read_text()) if Path(args.quality).is_file() \
+            else json.loads(args.quality)
+    manifest = update_manifest(dest, entry)
+    print(f"wrote {dest} ({dest.stat().st_size / 1e6:.2f} MB) and its entry in {manifest}")
     return 0
 
 
@@ -85,24 +172,15 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="outputs/demo")
     d.set_defaults(func=cmd_demo)
 
-    t = sub.add_parser("train-ae", help="train a first-stage autoencoder")
-    t.add_argument("--model", help="autoencoder preset, e.g. tiny-kl-f4, tiny-vq-f8, kl-f4")
-    t.add_argument("--world", help="data world: shapes, emoji, hf:<repo>, folder:<path>, parquet:<path>")
-    t.add_argument("--resolution", type=int)
-    t.add_argument("--steps", type=int)
-    t.add_argument("--batch-size", dest="batch_size", type=int)
-    t.add_argument("--lr", type=float)
-    t.add_argument("--perceptual", choices=["lpips", "lpips-random", "none"])
-    t.add_argument("--disc-start", dest="disc_start", type=int)
-    t.add_argument("--disc-ramp", dest="disc_ramp", type=int, help="steps over which the adversarial weight rises (0: at once)")
-    t.add_argument("--disc-ndf", dest="disc_ndf", type=int, help="PatchGAN base width (reference: 64)")
-    t.add_argument("--disc-n-layers", dest="disc_n_layers", type=int, help="PatchGAN depth (reference: 3)")
-    t.add_argument("--no-adversarial", dest="adversarial", action="store_false", default=None)
-    t.add_argument("--seed", type=int)
-    t.add_argument("--device")
-    t.add_argument("--out", required=True, help="run folder (metrics.jsonl, reconstructions.png, autoencoder.safetensors)")
-    t.add_argument("--overwrite", action="store_true", help="replace a checkpoint already in --out")
-    t.set_defaults(func=cmd_train_ae)
+    add_train_command(sub)
+
+    e = sub.add_parser("export", help="copy a run's model to a float16 shipping checkpoint with a manifest entry")
+    e.add_argument("--run", required=True, help="the run folder (holds model.safetensors, summary.json, config.json)")
+    e.add_argument("--to", required=True, help="destination, e.g. data/checkpoints/shapes32-t2i.safetensors")
+    e.add_argument("--quality", help="JSON (or a JSON file) with the quality the model reached")
+    e.add_argument("--first-stage-command", help="the command that trained its first stage (for the manifest)")
+    e.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint at --to")
+    e.set_defaults(func=cmd_export)
 
     w = sub.add_parser("worlds", help="list the data worlds")
     w.set_defaults(func=cmd_worlds)
@@ -110,8 +188,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run a command. A user's mistake (a folder that holds a run, a corrupt checkpoint, a bad setting) is printed as
+    one clear message with exit code 1; set LDM_MINIMAL_DEBUG=1 for the full traceback."""
+    import os
+
+    from .checkpoint import CheckpointError
+    from .train import RunFolderError, TrainingDiverged
+
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return int(args.func(args) or 0)
+    except (RunFolderError, CheckpointError, TrainingDiverged, FileExistsError, FileNotFoundError, ValueError) as e:
+        if os.environ.get("LDM_MINIMAL_DEBUG"):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -127,6 +127,20 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     return state, meta
 
 
+def _mismatch_details(missing: list[str], unexpected: list[str], wrong: list[str],
+                      state: dict[str, torch.Tensor], own: dict[str, torch.Tensor]) -> str:
+    details = []
+    if missing:
+        details.append(f"missing {len(missing)} tensors (e.g. {missing[:3]})")
+    if unexpected:
+        details.append(f"unexpected {len(unexpected)} tensors (e.g. {unexpected[:3]})")
+    if wrong:
+        k = wrong[0]
+        details.append(f"{len(wrong)} shape mismatches (e.g. {k}: file {tuple(state[k].shape)} vs model "
+                       f"{tuple(own[k].shape)})")
+    return "; ".join(details)
+
+
 def load_state_into(module: torch.nn.Module, state: dict[str, torch.Tensor], path: str | Path) -> None:
     """``load_state_dict`` with an error that names the file and the mismatching keys/shapes."""
     own = module.state_dict()
@@ -134,16 +148,9 @@ def load_state_into(module: torch.nn.Module, state: dict[str, torch.Tensor], pat
     unexpected = sorted(set(state) - set(own))
     wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
     if missing or unexpected or wrong:
-        details = []
-        if missing:
-            details.append(f"missing {len(missing)} tensors (e.g. {missing[:3]})")
-        if unexpected:
-            details.append(f"unexpected {len(unexpected)} tensors (e.g. {unexpected[:3]})")
-        if wrong:
-            k = wrong[0]
-            details.append(f"{len(wrong)} shape mismatches (e.g. {k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)})")
         raise CheckpointError(
-            f"Checkpoint {path} does not fit this {type(module).__name__}: " + "; ".join(details)
+            f"Checkpoint {path} does not fit this {type(module).__name__}: "
+            + _mismatch_details(missing, unexpected, wrong, state, own)
             + ". It was saved from a different architecture/config: build the model from the checkpoint's own config."
         )
     # Cast to the module's dtype (shipped checkpoints are float16).
@@ -197,3 +204,95 @@ def update_manifest(checkpoint: str | Path, entry: dict[str, Any]) -> Path:
     }
     atomic_write_bytes(manifest, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
     return manifest
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Latent diffusion models: one self-contained file (epsilon_theta, a trained tau_theta, the frozen first stage and
+# the scale factor), so that a shipped model needs nothing but itself. A *frozen pretrained* text encoder (MiniLM,
+# CLIP) is not stored: it is rebuilt from its own source, named in the config.
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def ldm_state_dict(ldm: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The tensors a latent diffusion checkpoint stores: everything but a frozen conditioner's weights."""
+    cond = getattr(ldm, "conditioner", None)
+    skip_conditioner = cond is not None and not getattr(cond, "trainable", False)
+    return {k: v for k, v in ldm.state_dict().items() if not (skip_conditioner and k.startswith("conditioner."))}
+
+
+def _first_stage_spec(ldm: torch.nn.Module) -> dict[str, Any]:
+    fs = ldm.first_stage
+    cfg = getattr(fs, "cfg", None)
+    if cfg is None:  # IdentityFirstStage (f = 1, the pixel-space model)
+        return {"kind": "identity", "channels": int(fs.latent_channels)}
+    return {"kind": "autoencoder", "config": _to_jsonable(cfg)}
+
+
+def save_ldm(
+    path: str | Path,
+    ldm: torch.nn.Module,
+    *,
+    info: dict[str, Any] | None = None,
+    dtype: torch.dtype | None = None,
+    overwrite: bool = False,
+    state: dict[str, torch.Tensor] | None = None,
+) -> Path:
+    """Save a ``LatentDiffusion`` as one self-contained safetensors file (kind "ldm").
+
+    ``state`` replaces the model's own weights (the trainer passes the EMA weights here). The first stage's config
+    is stored with the model's config, so ``load_ldm`` rebuilds everything from the file alone.
+    """
+    tensors = ldm_state_dict(ldm) if state is None else state
+    if dtype is not None:  # the scale factor keeps float32: 1 / std(z) would lose digits in float16
+        tensors = {k: v.to(dtype) if v.is_floating_point() and not k.startswith("scale_factor") else v
+                   for k, v in tensors.items()}
+    config = {"ldm": ldm.cfg.to_dict(), "first_stage": _first_stage_spec(ldm)}
+    return save_checkpoint(path, tensors, kind="ldm", config=config, info=info, overwrite=overwrite)
+
+
+def load_ldm(path: str | Path, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Rebuild a ``LatentDiffusion`` from a file written by ``save_ldm`` (float32, eval mode). Returns (model, meta)."""
+    from .autoencoder import AutoencoderConfig, IdentityFirstStage, build_autoencoder
+    from .latent_diffusion import LatentDiffusion, LatentDiffusionConfig
+
+    state, meta = read_checkpoint(path)
+    if meta.get("kind") != "ldm":
+        hint = " Load it with load_autoencoder()." if meta.get("kind") == "autoencoder" else ""
+        raise CheckpointError(f"Checkpoint {path} holds a {meta.get('kind')!r}, not a latent diffusion model.{hint}")
+    try:
+        cfg = LatentDiffusionConfig.from_dict(meta["config"]["ldm"])
+        fs_spec = meta["config"]["first_stage"]
+        if fs_spec["kind"] == "identity":
+            first_stage: torch.nn.Module = IdentityFirstStage(int(fs_spec.get("channels", 3)))
+        else:
+            raw = fs_spec["config"]
+            first_stage = build_autoencoder(
+                AutoencoderConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
+            )
+        ldm = LatentDiffusion(cfg, first_stage=first_stage)
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(
+            f"Checkpoint {path} has a latent diffusion config this version cannot build ({type(e).__name__}: {e})."
+        ) from e
+    expected = ldm_state_dict(ldm)
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
+    if missing or unexpected or wrong:
+        raise CheckpointError(f"Checkpoint {path} does not fit the latent diffusion model its config describes: "
+                              + _mismatch_details(missing, unexpected, wrong, state, expected)
+                              + ". The file was edited or written by another version; re-export or re-train it.")
+    own = ldm.state_dict()
+    ldm.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=False)
+    return ldm.to(device).eval(), meta
+
+
+def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Any ldm-minimal checkpoint: an autoencoder or a latent diffusion model, by the kind stored in the file."""
+    _, meta = read_checkpoint(path)
+    kind = meta.get("kind")
+    if kind == "autoencoder":
+        return load_autoencoder(path, device)
+    if kind == "ldm":
+        return load_ldm(path, device)
+    raise CheckpointError(f"Checkpoint {path} holds a {kind!r}; expected 'autoencoder' or 'ldm'.")

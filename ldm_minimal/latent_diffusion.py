@@ -157,6 +157,12 @@ LDM_PRESETS: dict[str, LatentDiffusionConfig] = {
         conditioner="text-joint",
         conditioner_kwargs=dict(tokenizer_path="shapes", width=64, layers=2, heads=4, max_length=32),
     ),
+    # text-to-image on the emoji world (Unicode names as captions), with the tokenizer trained on those names
+    "emoji-t2i": _preset(
+        conditioner="text-joint",
+        conditioner_kwargs=dict(tokenizer_path="emoji", width=64, layers=2, heads=4, max_length=32),
+        world="emoji",
+    ),
     "shapes-t2i-minilm": _preset(
         conditioner="text-frozen", conditioner_kwargs=dict(name_or_path="minilm", max_length=32)
     ),

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 import torch.nn as nn
@@ -345,6 +345,14 @@ def _last_layer(model: nn.Module) -> torch.Tensor:
     return layer
 
 
+def _before_step(opt: torch.optim.Optimizer, hook: Callable[[torch.optim.Optimizer], None] | None,
+                 grad_clip: float | None) -> None:
+    if hook is not None:
+        hook(opt)
+    if grad_clip:
+        torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], grad_clip)
+
+
 def autoencoder_train_step(
     model: nn.Module,
     loss_fn: AutoencoderLoss,
@@ -352,11 +360,16 @@ def autoencoder_train_step(
     step: int,
     opt_g: torch.optim.Optimizer,
     opt_d: torch.optim.Optimizer,
+    *,
+    before_step: Callable[[torch.optim.Optimizer], None] | None = None,
+    grad_clip: float | None = None,
 ) -> dict[str, float]:
     """One two-player update: a generator step (opt_g on E, D), then a discriminator step (opt_d on D_psi).
 
     model: an AutoencoderKL (forward(x) -> (x_hat, posterior)) or a VQModel (forward(x) -> (x_hat, qloss, info)),
     with a ``last_layer`` attribute. Returns the merged logs (floats; "loss" is the generator's total).
+    before_step(opt) runs between each backward pass and its optimizer step (the trainer averages gradients over
+    processes there); grad_clip clips each player's gradient norm.
     """
     kind = loss_fn.cfg.kind
     out = model(x)
@@ -381,6 +394,7 @@ def autoencoder_train_step(
     g_loss, logs = loss_fn.generator_loss(x, x_hat, reg, step, last_layer=_last_layer(model))
     opt_g.zero_grad(set_to_none=True)
     g_loss.backward()
+    _before_step(opt_g, before_step, grad_clip)
     opt_g.step()
 
     # Discriminator step on D_psi (only once the game is on).
@@ -388,6 +402,7 @@ def autoencoder_train_step(
         d_loss, d_logs = loss_fn.discriminator_loss(x, x_hat.detach(), step)
         opt_d.zero_grad(set_to_none=True)
         d_loss.backward()
+        _before_step(opt_d, before_step, grad_clip)
         opt_d.step()
         logs.update(d_logs)
     else:

@@ -1,4 +1,4 @@
-"""The command line: the demo (the README's main job), training an autoencoder, listing worlds."""
+"""The command line: the demo (the README's main job), training, listing worlds."""
 
 from __future__ import annotations
 
@@ -22,15 +22,21 @@ def test_demo_writes_the_pictures(tmp_path, capsys):
     assert len(captions) == 32 and all(c.startswith("a ") for c in captions)
 
 
-def test_train_ae_cli_and_refusal_to_overwrite(tmp_path, capsys):
-    args = ["train-ae", "--model", "tiny-kl-f2", "--steps", "2", "--batch-size", "2", "--perceptual", "none",
-            "--no-adversarial", "--device", "cpu", "--out", str(tmp_path / "run")]
+def test_train_cli_every_setting_is_a_flag_and_refusals_are_clear_messages(tmp_path, capsys):
+    out = str(tmp_path / "run")
+    args = ["train", "ae", "--preset", "cpu", "--model", "tiny-kl-f2", "--steps", "2", "--batch-size", "2",
+            "--perceptual", "none", "--no-adversarial", "--device", "cpu", "--betas", "0.5", "0.9",
+            "--model-overrides", '{"embed_dim": 4}', "--no-progress", "--out", out]
     assert main(args) == 0
-    summary = json.loads(capsys.readouterr().out)
+    summary = json.loads(capsys.readouterr().out.split("\n", 1)[1])
     assert summary["steps"] == 2 and summary["wall_time_s"] > 0
-    assert (tmp_path / "run" / "autoencoder.safetensors").exists()
-    with pytest.raises(FileExistsError, match="--overwrite"):
-        main(args)
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["model"]["embed_dim"] == 4 and config["train"]["betas"] == [0.5, 0.9]
+    assert main(args) == 1  # refuses: the folder holds a run
+    assert "--resume" in capsys.readouterr().err
+    assert main(["train", "ae", "--out", out, "--resume", "--steps", "3", "--no-progress"]) == 0
+    assert main(["train", "ae", "--out", out, "--resume", "--lr", "1"]) == 1
+    assert "lr: run has" in capsys.readouterr().err
     assert main(args + ["--overwrite"]) == 0
 
 

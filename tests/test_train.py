@@ -1,0 +1,178 @@
+"""The training loop: exact resume, refusal to overwrite, NaN stop, corrupt checkpoints, DDP (two gloo processes)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ldm_minimal.checkpoint import CheckpointError, load_ldm, load_model, save_checkpoint, save_ldm
+from ldm_minimal.train import (
+    RunFolderError,
+    Trainer,
+    TrainingDiverged,
+    resume_config,
+    train,
+    train_config,
+)
+from ldm_minimal.utils import DATA_DIR, REPO_ROOT
+
+AE = DATA_DIR / "checkpoints" / "shapes32-kl-f4.safetensors"  # a trained first stage shipped with the repository
+
+
+def ldm_cfg(**kw):
+    base = dict(model="shapes-t2i", first_stage=str(AE), batch_size=4, log_every=1, ckpt_every=3, sample_every=100,
+                sample_steps=2, progress=False, warmup=2)
+    return train_config("cpu", "ldm", **{**base, **kw})
+
+
+def ae_cfg(**kw):
+    base = dict(model="tiny-kl-f4", perceptual="none", adversarial=True, disc_start=2, disc_ndf=8, disc_n_layers=2,
+                batch_size=4, log_every=1, ckpt_every=3, sample_every=100, progress=False, warmup=2)
+    return train_config("cpu", "ae", **{**base, **kw})
+
+
+def losses(run: Path) -> list[float]:
+    return [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("make_cfg", [ldm_cfg, ae_cfg], ids=["ldm", "ae"])
+def test_resume_after_a_crash_is_bit_for_bit_the_uninterrupted_run(tmp_path, make_cfg):
+    cfg = make_cfg(steps=6)
+    full = train(cfg, tmp_path / "full")
+    # the same run, killed after step 4 (its last checkpoint is step 3), then resumed
+    crashed = Trainer(cfg, tmp_path / "crashed")
+    assert crashed.run(stop_after=4) == {"interrupted_at": 4}
+    assert [p.name for p in crashed.checkpoints()] == ["step_0000003"]
+    assert len(losses(tmp_path / "crashed")) == 4
+    resumed = train(resume_config(tmp_path / "crashed"), tmp_path / "crashed", resume=True)
+    assert resumed["steps"] == full["steps"] == 6
+    assert losses(tmp_path / "crashed") == losses(tmp_path / "full")  # step 4 is logged once, with the same loss
+    a, b = load_file(tmp_path / "full" / "model.safetensors"), load_file(tmp_path / "crashed" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # the EMA really differs from the raw weights (so the export is the EMA, and the test above compares it)
+    raw = load_file(tmp_path / "full" / "checkpoints" / "step_0000006" / "train_state.safetensors")
+    key = next(k for k in a if k.startswith("unet.") or k.startswith("encoder."))
+    assert not torch.equal(raw["model." + key], a[key])
+
+
+def test_a_resumed_run_can_train_longer_but_not_change_what_it_learns(tmp_path):
+    train(ldm_cfg(steps=3), tmp_path / "run")
+    with pytest.raises(RunFolderError, match="lr"):
+        resume_config(tmp_path / "run", lr=1.0)
+    longer = train(resume_config(tmp_path / "run", steps=5), tmp_path / "run", resume=True)
+    assert longer["steps"] == 5 and longer["steps_this_session"] == 2
+    assert [json.loads(r)["step"] for r in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4, 5]
+
+
+def test_refuses_to_overwrite_a_run_unless_told(tmp_path):
+    train(ldm_cfg(steps=2), tmp_path / "run")
+    before = (tmp_path / "run" / "model.safetensors").read_bytes()
+    with pytest.raises(RunFolderError, match="--resume .*--overwrite"):
+        train(ldm_cfg(steps=2, seed=1), tmp_path / "run")
+    assert (tmp_path / "run" / "model.safetensors").read_bytes() == before  # untouched
+    train(ldm_cfg(steps=2, seed=1), tmp_path / "run", overwrite=True)
+    assert (tmp_path / "run" / "model.safetensors").read_bytes() != before
+    with pytest.raises(RunFolderError, match="no checkpoints"):
+        train(ldm_cfg(steps=2), tmp_path / "empty", resume=True)
+
+
+def test_a_nan_loss_stops_the_run_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
+    trainer = Trainer(ldm_cfg(steps=8), tmp_path / "run")
+    real = trainer.model.training_loss
+    calls = {"n": 0}
+
+    def poisoned(batch, generator=None, **kw):
+        calls["n"] += 1
+        loss, logs = real(batch, generator, **kw)
+        if calls["n"] == 5:
+            loss = loss * float("nan")
+        return loss, logs
+
+    trainer.model.training_loss = poisoned
+    with pytest.raises(TrainingDiverged, match="at step 5 .*step_0000003"):
+        trainer.run()
+    assert [p.name for p in trainer.checkpoints()] == ["step_0000003"]
+    assert not (tmp_path / "run" / "model.safetensors").exists()
+    model, meta = load_ldm(tmp_path / "run" / "checkpoints" / "step_0000003" / "model.safetensors")
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_corrupt_and_mismatched_checkpoints_give_clear_errors(tmp_path):
+    train(ldm_cfg(steps=3), tmp_path / "run")
+    state = tmp_path / "run" / "checkpoints" / "step_0000003" / "train_state.safetensors"
+    state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])  # truncated
+    with pytest.raises(CheckpointError, match="train_state.safetensors.*corrupt"):
+        train(resume_config(tmp_path / "run", steps=4), tmp_path / "run", resume=True)
+
+    model_file = tmp_path / "run" / "model.safetensors"
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(model_file.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="broken.safetensors.*truncated or corrupt"):
+        load_model(broken)
+
+    # a file whose tensors come from another architecture than its config says
+    ldm, meta = load_ldm(model_file)
+    tensors = load_file(model_file)
+    key = next(k for k, v in tensors.items() if k.startswith("unet.") and v.ndim == 4)
+    tensors[key] = torch.zeros(7, 7, 3, 3)
+    odd = tmp_path / "odd.safetensors"
+    save_checkpoint(odd, tensors, kind="ldm", config=meta["config"])
+    with pytest.raises(CheckpointError, match="odd.safetensors.*shape mismatch"):
+        load_ldm(odd)
+    with pytest.raises(CheckpointError, match="not a latent diffusion model"):
+        load_ldm(AE)
+
+
+def test_export_is_self_contained_and_samples(tmp_path):
+    train(ldm_cfg(steps=2), tmp_path / "run")
+    ldm, meta = load_ldm(tmp_path / "run" / "model.safetensors")
+    assert meta["info"]["first_stage_file"]["sha256"]
+    assert meta["info"]["train"]["model"] == "shapes-t2i"
+    x = ldm.sample({"caption": ["a large red circle in the center"]}, steps=2, progress=False)
+    assert x.shape == (1, 3, 32, 32) and torch.isfinite(x).all()
+    assert (tmp_path / "run" / "samples").is_dir() and any((tmp_path / "run" / "samples").glob("*.png"))
+    # fp16 shipping copy: scale factor kept in float32
+    small = save_ldm(tmp_path / "small.safetensors", ldm, dtype=torch.float16)
+    t = load_file(small)
+    assert t["scale_factor"].dtype == torch.float32 and t["unet.up.5.0.skip.weight"].dtype == torch.float16
+
+
+def test_ldm_needs_a_trained_first_stage(tmp_path):
+    with pytest.raises(ValueError, match="TRAINED first stage"):
+        Trainer(train_config("cpu", "ldm", model="shapes-t2i", steps=1), tmp_path / "run")
+
+
+def test_package_never_unpickles_code():
+    """Loading never executes code from a file: safetensors everywhere, torch.load only with weights_only=True."""
+    for path in (REPO_ROOT / "ldm_minimal").rglob("*.py"):
+        for i, line in enumerate(path.read_text().splitlines()):
+            if "torch.load(" in line and not line.strip().startswith("#"):
+                assert "weights_only=True" in line, f"{path}:{i + 1} calls torch.load without weights_only=True"
+            assert "import pickle" not in line, f"{path}:{i + 1} imports pickle"
+
+
+@pytest.mark.parametrize("task", ["ldm", "ae"])
+def test_ddp_smoke_run_with_two_gloo_processes(tmp_path, task):
+    out = tmp_path / task
+    common = ["--steps", "3", "--batch-size", "4", "--log-every", "1", "--ckpt-every", "2", "--no-progress",
+              "--device", "cpu", "--out", str(out)]
+    if task == "ldm":
+        args = ["train", "ldm", "--preset", "cpu", "--model", "shapes-t2i", "--first-stage", str(AE), *common]
+    else:
+        args = ["train", "ae", "--preset", "cpu", "--perceptual", "none", "--adversarial", "--disc-start", "1",
+                "--disc-ndf", "8", "--disc-n-layers", "2", *common]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "ldm_minimal", *args]
+    res = subprocess.run(cmd, env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["ranks_in_sync"] is True and summary["steps"] == 3
+    assert (out / "model.safetensors").exists() and len(losses(out)) == 3
