@@ -122,6 +122,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         "steps": summary["steps"], "wall_time_s": summary["wall_time_s"], "machine": summary["machine"],
         "world": summary["world"], "preset": config["train"]["model"], "batch_size": config["train"]["batch_size"],
     }
+    if summary.get("command") and summary.get("command") != entry["command"]:
+        entry["resumed_with"] = summary["command"]  # the run was interrupted and continued with --resume
     if args.first_stage_command:
         entry["first_stage_command"] = args.first_stage_command
     if args.quality:

@@ -36,3 +36,12 @@ def test_ae_reconstruction_quick():
     report = (ROOT / "docs" / "results" / "quick" / "ae_reconstruction.md").read_text()
     assert "| kl-f2 | 2 |" in report and "| vq-f2 | 2 |" in report
     assert "report:" in stdout
+
+
+def test_t2i_from_scratch_quick(tmp_path):
+    stdout = _run(["-m", "ldm_minimal.experiments.t2i_from_scratch", "--quick", "--run-dir", str(tmp_path / "run")])
+    assert "report:" in stdout and "guidance 3.0" in stdout
+    result = json.loads((ROOT / "docs" / "results" / "quick" / "t2i_from_scratch.json").read_text())
+    assert set(result["evaluation"]["by_guidance"]) == {"1.0", "3.0"}
+    assert result["timing"]["total_s"] > 0 and "train ldm --preset cpu" in result["timing"]["ldm"]["command"]
+    assert (tmp_path / "run" / "ldm" / "model.safetensors").exists()

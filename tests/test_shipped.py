@@ -29,7 +29,9 @@ def test_shipped_checkpoint_hash_and_provenance(name):
     for key in ("command", "steps", "wall_time_s", "machine", "quality"):
         assert key in entry, f"manifest entry of {name} lacks {key}"
     _, meta = read_checkpoint(CKPT_DIR / name)
-    assert all(v.dtype == torch.float16 for v in read_checkpoint(CKPT_DIR / name)[0].values() if v.is_floating_point())
+    tensors = read_checkpoint(CKPT_DIR / name)[0]
+    # float16 weights; a latent diffusion model keeps its scale factor 1 / std(z) in float32
+    assert all(v.dtype == torch.float16 for k, v in tensors.items() if v.is_floating_point() and k != "scale_factor")
 
 
 @pytest.mark.parametrize("name", sorted(n for n, e in MANIFEST.items() if e.get("kind") == "autoencoder"))
@@ -45,3 +47,26 @@ def test_shipped_autoencoder_reconstructs_held_out_shapes(name):
     # the manifest's figure was measured on 512 held-out images; 32 of them must come close
     assert quality > MANIFEST[name]["quality"]["psnr"] - 1.5, quality
     assert quality > 18.0
+
+
+@pytest.mark.parametrize("name", sorted(n for n, e in MANIFEST.items() if e.get("kind") == "ldm"))
+def test_shipped_latent_diffusion_model_loads_and_samples(name):
+    from ldm_minimal.checkpoint import load_ldm
+    from ldm_minimal.data import ShapesDataset, collate, shapes_preset
+
+    ldm, meta = load_ldm(CKPT_DIR / name)
+    cond = ldm.cfg.conditioner
+    if cond in ("text-joint", "text-frozen"):
+        batch = {"caption": ["a large red circle in the center", "grinning face"]}
+    else:  # concat conditions (low-resolution image, masked image): from held-out pictures
+        ds = ShapesDataset(shapes_preset("shapes32", seed=1_000_000), length=2)
+        batch = collate([ds[i] for i in range(2)])
+        if cond == "inpaint":
+            batch = {"image": batch["image"], "mask": torch.zeros(2, 1, 32, 32).index_fill_(3, torch.arange(8, 24), 1.0)}
+        elif cond == "lowres":
+            batch = {"lowres": torch.nn.functional.avg_pool2d(batch["image"], 4)}
+    x = ldm.sample(batch, steps=3, guidance_scale=2.0 if cond and "text" in cond else 1.0,
+                   generator=torch.Generator().manual_seed(0), progress=False)
+    assert x.shape == (2, 3, ldm.cfg.image_size, ldm.cfg.image_size) and torch.isfinite(x).all()
+    assert float(ldm.scale_factor) != 1.0 and bool(ldm.scale_factor_set)
+    assert MANIFEST[name]["quality"], f"{name} has no measured quality in the manifest"
