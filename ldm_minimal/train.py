@@ -241,17 +241,13 @@ def make_dataset(world: str, resolution: int, split: str, seed: int = 0) -> tupl
     return ds, len(ds)
 
 
-def _collate_for_training(items: list[dict[str, Any]]) -> dict[str, Any]:
-    from .data import collate
-
-    return collate(items)
-
-
 def fixed_batch(world: str, resolution: int, n: int, seed: int = 0) -> dict[str, Any]:
     """n held-out samples (the test split) for sample grids and evaluation."""
+    from .data import collate
+
     ds, length = make_dataset(world, resolution, "test", seed)
     idx = list(range(n if length is None else min(n, length)))
-    return _collate_for_training([ds[i] for i in idx])
+    return collate([ds[i] for i in idx])
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -456,9 +452,11 @@ class Trainer:
 
     # ------------------------------------------------------------------ data
     def _loader(self, start: int, stop: int) -> Iterator[dict[str, Any]]:
+        from .data import collate
+
         ds, length = make_dataset(self.world, self.resolution, "train", self.cfg.seed)
         sampler = StepBatches(start, stop, self.cfg.batch_size, self.rank, self.world_size, length, self.cfg.seed)
-        loader = torch.utils.data.DataLoader(ds, batch_sampler=sampler, collate_fn=_collate_for_training,
+        loader = torch.utils.data.DataLoader(ds, batch_sampler=sampler, collate_fn=collate,
                                              num_workers=self.cfg.num_workers,
                                              persistent_workers=False, pin_memory=self.device.type == "cuda",
                                              # its own generator: creating a loader must not draw from the global
@@ -472,24 +470,28 @@ class Trainer:
             return
         ds, length = make_dataset(self.world, self.resolution, "train", self.cfg.seed)
         sampler = StepBatches(0, 1, self.cfg.batch_size, 0, 1, length, self.cfg.seed)
-        batch = _collate_for_training([ds[i] for i in next(iter(sampler))])
+        from .data import collate
+
+        batch = collate([ds[i] for i in next(iter(sampler))])
         self.model.set_scale_factor_from(batch["image"].to(self.device),
                                          generator=torch.Generator(self.device).manual_seed(self.cfg.seed))
 
     # ------------------------------------------------------------------ one step
-    def _ldm_step(self, batch: dict[str, Any]) -> tuple[Tensor, dict[str, float]]:
+    def _ldm_step(self, batch: dict[str, Any]) -> tuple[Tensor, dict[str, float], bool]:
+        """One update; returns (loss, logs, finite). A non-finite loss is not back-propagated."""
         with autocast(self.device, enabled=self.bf16):
             loss, logs = self.loss_module(batch, self.generator)
         if not _all_finite(loss.detach(), self.world_size):
-            return loss, logs
+            return loss, logs, False
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         if self.cfg.grad_clip > 0:
             logs["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip))
         self.opt.step()
-        return loss, logs
+        return loss, logs, True
 
-    def _ae_step(self, batch: dict[str, Any]) -> tuple[Tensor, dict[str, float]]:
+    def _ae_step(self, batch: dict[str, Any]) -> tuple[Tensor, dict[str, float], bool]:
+        """One two-player update; returns (loss, logs, finite) (the update has happened either way)."""
         from .losses import autoencoder_train_step
 
         x = batch["image"].to(self.device)
@@ -502,7 +504,7 @@ class Trainer:
             logs = autoencoder_train_step(self.model, self.loss_fn, x, self.step, self.opt, self.opt_d,
                                           before_step=sync, grad_clip=clip)
         loss = torch.tensor(float(logs.get("loss", float("nan"))), device=self.device)
-        return loss, logs
+        return loss, logs, _all_finite(loss, self.world_size)
 
     def _lr_at(self, step: int) -> float:
         # linear warm-up to lr, then constant (the reference's LambdaLinearScheduler with f_max = f_min = 1)
@@ -536,15 +538,11 @@ class Trainer:
         self.model.train()
         try:
             for batch in self._loader(start, cfg.steps):
-                for group in self.opt.param_groups:
-                    group["lr"] = self._lr_at(self.step)
-                if cfg.task == "ae":
-                    for group in self.opt_d.param_groups:
+                for opt in self.optimizers.values():
+                    for group in opt.param_groups:
                         group["lr"] = self._lr_at(self.step)
-                    loss, logs = self._ae_step(batch)
-                else:
-                    loss, logs = self._ldm_step(batch)
-                if not _all_finite(loss.detach(), self.world_size):
+                loss, logs, finite = self._ae_step(batch) if cfg.task == "ae" else self._ldm_step(batch)
+                if not finite:
                     last = self.latest_checkpoint()
                     kept = f"The last good checkpoint is kept: {last}." if last else "No checkpoint was written yet."
                     raise TrainingDiverged(
@@ -679,10 +677,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def checkpoints(self) -> list[Path]:
-        root = self.out / "checkpoints"
-        if not root.is_dir():
-            return []
-        return sorted(p for p in root.glob("step_*") if p.is_dir() and (p / "state.json").is_file())
+        return find_checkpoints(self.out)
 
     def latest_checkpoint(self) -> Path | None:
         found = self.checkpoints()
@@ -754,15 +749,7 @@ class Trainer:
         except (OSError, json.JSONDecodeError) as e:
             raise CheckpointError(f"{ckpt / 'state.json'} is unreadable ({e}); delete that folder to resume from "
                                   "the previous checkpoint.") from e
-        old = state["train"]
-        new = self.cfg.to_dict()
-        changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES)
-        if changed:
-            detail = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed)
-            raise RunFolderError(
-                f"--resume: the settings differ from the run in {self.out} ({detail}). A resumed run must keep them "
-                f"(only {', '.join(sorted(RESUMABLE_CHANGES))} may change); start a new run in another folder."
-            )
+        check_resumable(state["train"], self.cfg.to_dict())
         path = ckpt / "train_state.safetensors"
         if sha256_of(path) != state.get("train_state_sha256"):
             raise CheckpointError(f"{path} does not match the sha256 recorded in its state.json: the file is corrupt. "
@@ -817,28 +804,41 @@ class _LossModule(nn.Module):
         return self.ldm.training_loss(batch, generator)
 
 
+def find_checkpoints(out_dir: str | Path) -> list[Path]:
+    """The complete checkpoints (folders with a state.json) of a run, oldest first."""
+    root = Path(out_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.glob("step_*") if p.is_dir() and (p / "state.json").is_file())
+
+
+def check_resumable(stored: Mapping[str, Any], new: Mapping[str, Any]) -> None:
+    """Raise RunFolderError naming every setting that differs between a run and its resumption, except those in
+    RESUMABLE_CHANGES (a resumed run cannot change what it learns)."""
+    changed = sorted(k for k in set(stored) | set(new)
+                     if k not in RESUMABLE_CHANGES and stored.get(k) != new.get(k))
+    if changed:
+        detail = ", ".join(f"{k}: run has {stored.get(k)!r}, given {new.get(k)!r}" for k in changed)
+        raise RunFolderError(
+            f"--resume: {detail}. A resumed run keeps its settings (only {', '.join(sorted(RESUMABLE_CHANGES))} "
+            "may change); start a new run in another folder to change them."
+        )
+
+
 def resume_config(out_dir: str | Path, **overrides: Any) -> TrainConfig:
     """The config of the run in ``out_dir`` (from its newest checkpoint), with resumable fields replaced.
 
     Any other field given in ``overrides`` must equal the stored value (a resumed run cannot change what it learns).
     """
     out = Path(out_dir)
-    found = sorted(p for p in (out / "checkpoints").glob("step_*") if (p / "state.json").is_file()) \
-        if (out / "checkpoints").is_dir() else []
+    found = find_checkpoints(out)
     if not found:
         raise RunFolderError(f"--resume: no complete checkpoint under {out / 'checkpoints'}; start the run without "
                              "--resume (or check --out).")
     stored = json.loads((found[-1] / "state.json").read_text())["train"]
     given = {k: v for k, v in overrides.items() if v is not None}
     cfg = TrainConfig(**{k: tuple(v) if k == "betas" else v for k, v in stored.items()})
-    clash = {k: (stored.get(k), v) for k, v in _to_jsonable(given).items()
-             if k not in RESUMABLE_CHANGES and stored.get(k) != v}
-    if clash:
-        detail = ", ".join(f"{k}: run has {a!r}, given {b!r}" for k, (a, b) in sorted(clash.items()))
-        raise RunFolderError(
-            f"--resume: {detail}. A resumed run keeps its settings (only {', '.join(sorted(RESUMABLE_CHANGES))} "
-            "may change); start a new run in another folder to change them."
-        )
+    check_resumable(stored, {**stored, **_to_jsonable(given)})
     return dataclasses.replace(cfg, **{k: v for k, v in given.items() if k in RESUMABLE_CHANGES})
 
 
