@@ -102,21 +102,17 @@ def cmd_export(args: argparse.Namespace) -> int:
     """A run's model (EMA weights) -> a float16 shipping copy, recorded in the MANIFEST.json next to it."""
     import torch
 
-    from .checkpoint import load_model, read_checkpoint, save_checkpoint, save_ldm, update_manifest
+    from .checkpoint import read_checkpoint, save_checkpoint, update_manifest
 
     run = Path(args.run)
     src = run / "model.safetensors"
     summary = json.loads((run / "summary.json").read_text())
     config = json.loads((run / "config.json").read_text())
-    model, meta = load_model(src)
+    state, meta = read_checkpoint(src)
     dest = Path(args.to)
     info = {**meta.get("info", {}), "exported_from": str(src)}
-    if meta["kind"] == "ldm":
-        save_ldm(dest, model, info=info, dtype=torch.float16, overwrite=args.overwrite)
-    else:
-        state, _ = read_checkpoint(src)
-        save_checkpoint(dest, state, kind=meta["kind"], config=meta["config"], info=info, dtype=torch.float16,
-                        overwrite=args.overwrite)
+    save_checkpoint(dest, state, kind=meta["kind"], config=meta["config"], info=info, dtype=torch.float16,
+                    overwrite=args.overwrite)
     entry = {
         "kind": meta["kind"], "dtype": "float16", "command": config.get("command") or summary.get("command"),
         "steps": summary["steps"], "wall_time_s": summary["wall_time_s"], "machine": summary["machine"],

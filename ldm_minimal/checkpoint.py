@@ -71,8 +71,11 @@ def save_checkpoint(
     info: dict[str, Any] | None = None,
     dtype: torch.dtype | None = None,
     overwrite: bool = False,
+    keep_float32: tuple[str, ...] = ("scale_factor",),
 ) -> Path:
     """Save weights (optionally cast to ``dtype``, e.g. float16 for shipping) with their config, atomically.
+
+    Tensors named in ``keep_float32`` are never cast (a latent scale factor 1 / std(z) would lose digits in float16).
 
     Refuses to replace an existing file unless ``overwrite=True``: nothing a user trained is lost silently.
     """
@@ -85,7 +88,7 @@ def save_checkpoint(
     tensors = {}
     for k, v in state.items():
         v = v.detach().cpu()
-        if dtype is not None and v.is_floating_point():
+        if dtype is not None and v.is_floating_point() and k not in keep_float32:
             v = v.to(dtype)
         tensors[k] = v.contiguous()
     meta = {"format": FORMAT, "kind": kind, "config": _to_jsonable(config), "info": _to_jsonable(info or {})}
@@ -104,11 +107,20 @@ def save_checkpoint(
 
 def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Read (state_dict, metadata) from a checkpoint, with clear errors for missing or corrupt files."""
+    return _read(path, tensors=True)
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The metadata (format, kind, config, info) of a checkpoint, without loading its tensors."""
+    return _read(path, tensors=False)[1]
+
+
+def _read(path: str | Path, tensors: bool) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"Checkpoint {path} does not exist. Check the path, or train one first.")
     try:
-        state = load_file(str(path))
+        state = load_file(str(path)) if tensors else {}
         from safetensors import safe_open
 
         with safe_open(str(path), framework="pt") as fh:
@@ -243,11 +255,8 @@ def save_ldm(
     is stored with the model's config, so ``load_ldm`` rebuilds everything from the file alone.
     """
     tensors = ldm_state_dict(ldm) if state is None else state
-    if dtype is not None:  # the scale factor keeps float32: 1 / std(z) would lose digits in float16
-        tensors = {k: v.to(dtype) if v.is_floating_point() and not k.startswith("scale_factor") else v
-                   for k, v in tensors.items()}
     config = {"ldm": ldm.cfg.to_dict(), "first_stage": _first_stage_spec(ldm)}
-    return save_checkpoint(path, tensors, kind="ldm", config=config, info=info, overwrite=overwrite)
+    return save_checkpoint(path, tensors, kind="ldm", config=config, info=info, dtype=dtype, overwrite=overwrite)
 
 
 def load_ldm(path: str | Path, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
@@ -289,8 +298,7 @@ def load_ldm(path: str | Path, device: torch.device | str = "cpu") -> tuple[torc
 
 def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
     """Any ldm-minimal checkpoint: an autoencoder or a latent diffusion model, by the kind stored in the file."""
-    _, meta = read_checkpoint(path)
-    kind = meta.get("kind")
+    kind = read_metadata(path).get("kind")
     if kind == "autoencoder":
         return load_autoencoder(path, device)
     if kind == "ldm":
