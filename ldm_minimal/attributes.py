@@ -171,7 +171,7 @@ class AttributeClassifier(nn.Module):
         # where: one score per grid cell from the features pooled over that cell
         self.position_head = nn.Conv2d(c, 1, kernel_size=1)
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _check_input(self, x: torch.Tensor) -> None:
         check_images(x, channels=3, value_range=(-1.0, 1.0), name="images")
         r = self.cfg.resolution
         if x.shape[-2:] != (r, r):
@@ -180,8 +180,28 @@ class AttributeClassifier(nn.Module):
                 f"in pixels). Resize first, e.g. F.interpolate(x, size=({r}, {r}), mode='area'), or load a classifier "
                 "trained at your resolution."
             )
+
+    def _trunk(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self._check_input(x)
         h = self.trunk(x.to(self.trunk[0].conv.weight.dtype))  # (B, C, r/4, r/4)
-        pooled = torch.cat([h.mean(dim=(2, 3)), h.amax(dim=(2, 3))], dim=1)  # (B, 2C)
+        pooled = torch.cat([h.mean(dim=(2, 3)), h.amax(dim=(2, 3))], dim=1)  # (B, 2C): mean and max over space
+        return h, pooled
+
+    @property
+    def num_features(self) -> int:
+        """Width of :meth:`features` (2C)."""
+        return 2 * self.cfg.widths[-1]
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (B, 3, r, r) in [-1, 1] -> the pooled trunk features the heads read, (B, 2C) float32.
+
+        The feature space of FID, KID and precision/recall on this world (``ldm_minimal.metrics``), in place of
+        Inception's pool features, which cannot be downloaded offline.
+        """
+        return self._trunk(x)[1].float()
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        h, pooled = self._trunk(x)
         cells = F.adaptive_avg_pool2d(h, 3)  # (B, C, 3, 3): one feature vector per grid cell
         return {
             "shape": self.shape_head(pooled),  # (B, 5)
