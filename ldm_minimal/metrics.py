@@ -127,22 +127,53 @@ class FeatureNet(torch.nn.Module):
         return self.classifier.features(x01.float() * 2 - 1).double()
 
 
+INCEPTION = "inception"  # pass as ``classifier`` for the paper's Inception-v3 features (needs internet once)
+
+
+def _feature_arg(classifier: torch.nn.Module | str) -> torch.nn.Module | int:
+    if isinstance(classifier, str):
+        if classifier != INCEPTION:
+            raise ValueError(f"classifier must be a world classifier module or {INCEPTION!r}, got {classifier!r}.")
+        return 2048  # torchmetrics' name for Inception-v3's pool features
+    return FeatureNet(classifier)
+
+
+def _with_inception_guard(metric_cls, feature: torch.nn.Module | int, **kwargs):
+    """Builds the torchmetrics metric; for Inception features, turns a missing torch-fidelity or failed weight
+    download into one clear message."""
+    try:
+        return metric_cls(feature=feature, **kwargs)
+    except (ModuleNotFoundError, OSError, RuntimeError) as e:
+        if not isinstance(feature, int):
+            raise
+        raise RuntimeError(
+            "Inception features need the torch-fidelity package and a one-time download of the FID Inception "
+            "weights: `pip install torch-fidelity` with internet access (it also needs a torchvision that matches "
+            f"your torch). The underlying error: {e}. Offline, use the world's classifier instead, e.g. "
+            "fid(real, fake, load_attribute_classifier()); its figures compare our models with each other, not with "
+            "the paper's."
+        ) from e
+
+
 def _batches(x: torch.Tensor, batch: int):
     for i in range(0, x.shape[0], batch):
         yield (x[i:i + batch].float().clamp(-1, 1) + 1) / 2  # torchmetrics wants [0, 1]
 
 
 @torch.no_grad()
-def fid(real: torch.Tensor, fake: torch.Tensor, classifier: torch.nn.Module, batch: int = 256) -> float:
+def fid(real: torch.Tensor, fake: torch.Tensor, classifier: torch.nn.Module | str, batch: int = 256) -> float:
     """Frechet distance between Gaussians fitted to the features of ``real`` and ``fake`` images ([-1, 1]).
 
     FID = |mu_r - mu_f|^2 + Tr(S_r + S_f - 2 (S_r S_f)^(1/2))   (Heusel et al. 2017; computed by torchmetrics)
+
+    ``classifier``: a world classifier (offline; e.g. ``load_attribute_classifier()``), or ``"inception"`` for the
+    paper's Inception-v3 features (torch-fidelity, downloads weights once; a clear error where that is impossible).
     """
     from torchmetrics.image.fid import FrechetInceptionDistance
 
     if min(real.shape[0], fake.shape[0]) < 2:
         raise ValueError(f"FID needs at least 2 images per set, got {real.shape[0]} real and {fake.shape[0]} fake.")
-    metric = FrechetInceptionDistance(feature=FeatureNet(classifier), normalize=True)
+    metric = _with_inception_guard(FrechetInceptionDistance, _feature_arg(classifier), normalize=True)
     for x in _batches(real, batch):
         metric.update(x, real=True)
     for x in _batches(fake, batch):
@@ -151,7 +182,7 @@ def fid(real: torch.Tensor, fake: torch.Tensor, classifier: torch.nn.Module, bat
 
 
 @torch.no_grad()
-def kid(real: torch.Tensor, fake: torch.Tensor, classifier: torch.nn.Module, subsets: int = 50,
+def kid(real: torch.Tensor, fake: torch.Tensor, classifier: torch.nn.Module | str, subsets: int = 50,
         subset_size: int | None = None, batch: int = 256, seed: int = 0) -> tuple[float, float]:
     """Kernel Inception Distance (Binkowski et al. 2018): the unbiased MMD^2 with the cubic polynomial kernel
     k(a, b) = (a.b / D + 1)^3, averaged over random subsets. Returns (mean, std). Unbiased, so it can dip below 0
@@ -163,8 +194,8 @@ def kid(real: torch.Tensor, fake: torch.Tensor, classifier: torch.nn.Module, sub
     if size < 2:
         raise ValueError(f"KID needs at least 2 images per set, got {real.shape[0]} real and {fake.shape[0]} fake.")
     torch.manual_seed(seed)  # torchmetrics draws the subsets from the global generator
-    metric = KernelInceptionDistance(feature=FeatureNet(classifier), normalize=True, subsets=subsets,
-                                     subset_size=size)
+    metric = _with_inception_guard(KernelInceptionDistance, _feature_arg(classifier), normalize=True,
+                                   subsets=subsets, subset_size=size)
     for x in _batches(real, batch):
         metric.update(x, real=True)
     for x in _batches(fake, batch):

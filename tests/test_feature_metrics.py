@@ -56,3 +56,17 @@ def test_feature_metrics_reject_bad_input(judge, real):
         fid(real[:1], real, judge)
     with pytest.raises(TypeError, match="features"):
         fid(real, real, torch.nn.Linear(2, 2))
+
+
+def test_inception_features_fail_with_a_clear_message_offline(real):
+    # here torch-fidelity is not installed (it breaks torchmetrics next to this torch): the message names the fix
+    pytest.importorskip("torchmetrics")
+    try:
+        import torch_fidelity  # noqa: F401
+        pytest.skip("torch-fidelity is installed; the guarded path is not reachable")
+    except ImportError:
+        pass
+    with pytest.raises(RuntimeError, match="pip install torch-fidelity"):
+        fid(real[:4], real[:4], "inception")
+    with pytest.raises(ValueError, match="inception"):
+        fid(real[:4], real[:4], "vgg")
