@@ -130,19 +130,20 @@ class FeatureNet(torch.nn.Module):
 INCEPTION = "inception"  # pass as ``classifier`` for the paper's Inception-v3 features (needs internet once)
 
 
-def _feature_arg(classifier: torch.nn.Module | str) -> torch.nn.Module | int:
+def _feature_metric(metric_cls, classifier: torch.nn.Module | str, real: torch.Tensor, fake: torch.Tensor,
+                    batch: int, **kwargs):
+    """Builds a torchmetrics feature metric (FID, KID), feeds it both image sets ([-1, 1]) and returns compute().
+
+    For Inception features a missing torch-fidelity or failed weight download becomes one clear message.
+    """
     if isinstance(classifier, str):
         if classifier != INCEPTION:
             raise ValueError(f"classifier must be a world classifier module or {INCEPTION!r}, got {classifier!r}.")
-        return 2048  # torchmetrics' name for Inception-v3's pool features
-    return FeatureNet(classifier)
-
-
-def _with_inception_guard(metric_cls, feature: torch.nn.Module | int, **kwargs):
-    """Builds the torchmetrics metric; for Inception features, turns a missing torch-fidelity or failed weight
-    download into one clear message."""
+        feature: torch.nn.Module | int = 2048  # torchmetrics' name for Inception-v3's pool features
+    else:
+        feature = FeatureNet(classifier)
     try:
-        return metric_cls(feature=feature, **kwargs)
+        metric = metric_cls(feature=feature, normalize=True, **kwargs)
     except (ModuleNotFoundError, OSError, RuntimeError) as e:
         if not isinstance(feature, int):
             raise
@@ -153,11 +154,10 @@ def _with_inception_guard(metric_cls, feature: torch.nn.Module | int, **kwargs):
             "fid(real, fake, load_attribute_classifier()); its figures compare our models with each other, not with "
             "the paper's."
         ) from e
-
-
-def _batches(x: torch.Tensor, batch: int):
-    for i in range(0, x.shape[0], batch):
-        yield (x[i:i + batch].float().clamp(-1, 1) + 1) / 2  # torchmetrics wants [0, 1]
+    for images, is_real in ((real, True), (fake, False)):
+        for i in range(0, images.shape[0], batch):
+            metric.update((images[i:i + batch].float().clamp(-1, 1) + 1) / 2, real=is_real)  # torchmetrics: [0, 1]
+    return metric.compute()
 
 
 @torch.no_grad()
@@ -173,12 +173,7 @@ def fid(real: torch.Tensor, fake: torch.Tensor, classifier: torch.nn.Module | st
 
     if min(real.shape[0], fake.shape[0]) < 2:
         raise ValueError(f"FID needs at least 2 images per set, got {real.shape[0]} real and {fake.shape[0]} fake.")
-    metric = _with_inception_guard(FrechetInceptionDistance, _feature_arg(classifier), normalize=True)
-    for x in _batches(real, batch):
-        metric.update(x, real=True)
-    for x in _batches(fake, batch):
-        metric.update(x, real=False)
-    return float(metric.compute())
+    return float(_feature_metric(FrechetInceptionDistance, classifier, real, fake, batch))
 
 
 @torch.no_grad()
@@ -193,14 +188,10 @@ def kid(real: torch.Tensor, fake: torch.Tensor, classifier: torch.nn.Module | st
     size = min(subset_size or 100, n)
     if size < 2:
         raise ValueError(f"KID needs at least 2 images per set, got {real.shape[0]} real and {fake.shape[0]} fake.")
-    torch.manual_seed(seed)  # torchmetrics draws the subsets from the global generator
-    metric = _with_inception_guard(KernelInceptionDistance, _feature_arg(classifier), normalize=True,
-                                   subsets=subsets, subset_size=size)
-    for x in _batches(real, batch):
-        metric.update(x, real=True)
-    for x in _batches(fake, batch):
-        metric.update(x, real=False)
-    mean, std = metric.compute()
+    with torch.random.fork_rng(devices=[]):  # torchmetrics draws the subsets from the global generator: seed it
+        torch.manual_seed(seed)               # here without changing the caller's random stream
+        mean, std = _feature_metric(KernelInceptionDistance, classifier, real, fake, batch, subsets=subsets,
+                                    subset_size=size)
     return float(mean), float(std)
 
 
