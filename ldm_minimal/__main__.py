@@ -5,6 +5,7 @@ Commands
   sample      text-to-image (--prompt), class-conditional (--class), layout-to-image (--layout) samples
   inpaint     fill the hole of an image (--image, --mask)
   upscale     x4 super-resolution of an image (--image)
+  eval        FID, KID, precision/recall of a checkpoint's samples or a folder of pictures on a world (JSON)
   export      copy a run's model to a float16 shipping checkpoint with a manifest entry
   train       train a first stage (ae) or a latent diffusion model (ldm): python -m ldm_minimal train --help
   worlds      list the data worlds
@@ -155,6 +156,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .generate import add_generation_commands
 
     add_generation_commands(sub)  # sample, inpaint, upscale
+
+    from .evaluate import add_eval_command
+
+    add_eval_command(sub)  # eval
 
     e = sub.add_parser("export", help="copy a run's model to a float16 shipping checkpoint with a manifest entry")
     e.add_argument("--run", required=True, help="the run folder (holds model.safetensors, summary.json, config.json)")

@@ -8,6 +8,7 @@ The paper reports these for its first stages in Table 8 (App. D.1).
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -108,10 +109,10 @@ class FeatureNet(torch.nn.Module):
     """Adapts a classifier with ``features(x in [-1, 1]) -> (B, D)`` to torchmetrics' custom-feature interface.
 
     torchmetrics (``normalize=True``) hands a custom network float images in [0, 1]; ``num_features`` spares it a
-    dummy forward pass at the wrong (299x299) size.
+    dummy forward pass at the wrong (299x299) size. ``scale`` multiplies the features (see ``_feature_metric``).
     """
 
-    def __init__(self, classifier: torch.nn.Module) -> None:
+    def __init__(self, classifier: torch.nn.Module, scale: float = 1.0) -> None:
         super().__init__()
         if not hasattr(classifier, "features") or not hasattr(classifier, "num_features"):
             raise TypeError(
@@ -120,11 +121,25 @@ class FeatureNet(torch.nn.Module):
             )
         self.classifier = classifier.eval()
         self.num_features = int(classifier.num_features)
+        self.scale = float(scale)
 
     @torch.no_grad()
     def forward(self, x01: torch.Tensor) -> torch.Tensor:
         # [0, 1] -> [-1, 1] -> (B, D), float64 as torchmetrics accumulates in double
-        return self.classifier.features(x01.float() * 2 - 1).double()
+        return self.classifier.features(x01.float() * 2 - 1).double() * self.scale
+
+
+@torch.no_grad()
+def feature_scale(classifier: torch.nn.Module, real: torch.Tensor, batch: int = 256) -> float:
+    """1 / RMS of the classifier's features on (up to 512 of) the real images: the factor that gives them unit RMS.
+
+    KID's kernel k(a, b) = (a.b / D + 1)^3 assumes features of order one (Inception's pool features are); a world
+    classifier's raw features are ~50 times larger there, and the cubic blows the estimator's variance up. FID and
+    precision/recall are on the same standardised features (FID scales with the square of the features' scale).
+    """
+    x = real[:512].float().clamp(-1, 1)
+    feats = torch.cat([classifier.features(x[i:i + batch]) for i in range(0, x.shape[0], batch)])
+    return float(feats.double().pow(2).mean().rsqrt())
 
 
 INCEPTION = "inception"  # pass as ``classifier`` for the paper's Inception-v3 features (needs internet once)
@@ -141,7 +156,8 @@ def _feature_metric(metric_cls, classifier: torch.nn.Module | str, real: torch.T
             raise ValueError(f"classifier must be a world classifier module or {INCEPTION!r}, got {classifier!r}.")
         feature: torch.nn.Module | int = 2048  # torchmetrics' name for Inception-v3's pool features
     else:
-        feature = FeatureNet(classifier)
+        feature = FeatureNet(classifier)  # checks the classifier's interface
+        feature.scale = feature_scale(classifier, real)  # unit RMS on the real set
     try:
         metric = metric_cls(feature=feature, normalize=True, **kwargs)
     except (ModuleNotFoundError, OSError, RuntimeError) as e:
@@ -188,8 +204,9 @@ def kid(real: torch.Tensor, fake: torch.Tensor, classifier: torch.nn.Module | st
     size = min(subset_size or 100, n)
     if size < 2:
         raise ValueError(f"KID needs at least 2 images per set, got {real.shape[0]} real and {fake.shape[0]} fake.")
-    with torch.random.fork_rng(devices=[]):  # torchmetrics draws the subsets from the global generator: seed it
-        torch.manual_seed(seed)               # here without changing the caller's random stream
+    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():  # torchmetrics draws the subsets from
+        torch.manual_seed(seed)  # the global generator: seeded here without changing the caller's random stream
+        warnings.filterwarnings("ignore", message=".*will save all extracted features")  # we pass tensors we hold
         mean, std = _feature_metric(KernelInceptionDistance, classifier, real, fake, batch, subsets=subsets,
                                     subset_size=size)
     return float(mean), float(std)
