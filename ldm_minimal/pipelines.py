@@ -90,12 +90,19 @@ def inpaint_baseline(
 ) -> Tensor:
     """The training-free inpainting baseline with an unconditional model (no inpainting training at all).
 
+    A conditional model with a cross-attention or class condition also works: it samples from its null
+    condition, which is the unconditional model that classifier-free guidance training trains alongside.
     z_0 = scale_factor * E(x) (the posterior mode unless ``encode_sample``); the latent mask marks a cell as a
     hole if any of its f x f pixels is one; the sampler replaces the known latent region by q(z_t | z_0) at every
     step (z_0 exactly at the end); then the pixel composite (1 - m) * x + m * x_hat. Returns (B, 3, H, W).
     """
-    _check_model(ldm_uncond, None, "inpaint_baseline()", "The baseline runs on an unconditional model (e.g. the "
-                 "'shapes-uncond' or 'shapes-pixel' preset).")
+    if ldm_uncond.conditioner is not None and (ldm_uncond.conditioner.mode == "concat" or ldm_uncond.cfg.cond_drop_prob == 0):
+        raise ValueError(
+            f"inpaint_baseline() needs an unconditional model, or a conditional one trained with condition dropout "
+            f"(its null condition is then an unconditional model); this one has conditioner="
+            f"{ldm_uncond.cfg.conditioner!r} and cond_drop_prob={ldm_uncond.cfg.cond_drop_prob}. Use e.g. the "
+            "'shapes-uncond' or 'shapes-t2i' preset, or inpaint() with an inpainting model."
+        )
     image = ldm_uncond._check_images(image)
     m = _check_mask(mask, image)
     if "latent_size" in sample_kwargs:

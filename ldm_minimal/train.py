@@ -55,7 +55,7 @@ from .checkpoint import ldm_state_dict, sha256_of
 from .utils import autocast, default_device, image_grid, save_image, unknown_name_error
 
 TASKS = ("ae", "ldm")
-SHAPES_WORLDS = ("shapes32", "shapes64", "single32", "single64")
+SHAPES_WORLDS = ("shapes32", "shapes64", "single32", "single64", "single32-heldout")
 # Fields that may differ between a run and its resumption (they do not change the loss trajectory).
 RESUMABLE_CHANGES = {"steps", "log_every", "sample_every", "ckpt_every", "keep_checkpoints", "num_workers",
                      "progress", "num_threads"}
@@ -224,7 +224,9 @@ def resolve_world(cfg: TrainConfig, default_world: str = "shapes32") -> tuple[st
     if world == "shapes":
         world = f"shapes{cfg.resolution or 32}"
     if world in SHAPES_WORLDS:
-        res = int(world[-2:])
+        from .data import shapes_preset
+
+        res = shapes_preset(world).resolution
         if cfg.resolution is not None and cfg.resolution != res:
             raise ValueError(f"world {world!r} is {res}x{res}; drop --resolution or pick the shapes world of that size.")
         return world, res

@@ -111,3 +111,12 @@ def test_upscale_bad_inputs(images):
         upscale(m, torch.full((1, 3, 8, 8), 200.0), steps=1, progress=False)
     with pytest.raises(ValueError, match="conditioner='lowres'.*bicubic_upscale"):
         upscale(micro("shapes-uncond"), torch.zeros(1, 3, 8, 8), steps=1, progress=False)
+
+
+def test_inpaint_baseline_runs_on_a_text_model_under_its_null_condition(images, hole):
+    m = micro("shapes-t2i")  # trained with condition dropout: its null condition is an unconditional model
+    m.set_scale_factor_from(images)
+    out = inpaint_baseline(m, images, hole, steps=2, progress=False, generator=gen(0))
+    known = hole.expand_as(images) == 0
+    assert out.shape == images.shape and torch.equal(out[known], images[known])
+    assert not torch.equal(out[~known], images[~known])  # the hole was redrawn

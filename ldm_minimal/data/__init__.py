@@ -176,7 +176,10 @@ def _plan(name: str, split: str, resolution: int, size: int | None, seed: int, o
     if name == "shapes":
         cfg = _shapes_config(split, resolution, seed, options)
         n = size or SHAPES_DEFAULT_SIZE[split]
-        key = f"shapes-{split}-r{resolution}-n{n}-s{seed}-{_short_hash(asdict(cfg))}"
+        fields_ = asdict(cfg)
+        if not fields_["held_out"]:
+            del fields_["held_out"]  # worlds without held-out pairs keep the cache keys they had before the option
+        key = f"shapes-{split}-r{resolution}-n{n}-s{seed}-{_short_hash(fields_)}"
         return key, lambda: build_shapes(cfg, n)
     if name == "emoji":
         if split not in EMOJI_SPLITS:

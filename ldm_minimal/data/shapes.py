@@ -117,8 +117,22 @@ class ShapesConfig:
     large_range: tuple[float, float] = (0.86, 0.92)
     jitter: float = 0.8  # fraction of the free space in the cell the object centre may move (0 = centred)
     background: tuple[int, int, int] = BACKGROUND
+    # "colour shape" combinations that never appear (compositional generalisation, issue 5's text-encoder
+    # experiment): an object drawn with such a combination takes the next colour (in COLOUR_NAMES order) that is
+    # allowed for its shape. Held-out pictures of other worlds still contain them.
+    held_out: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        self.held_out = tuple(self.held_out)
+        for combo in self.held_out:
+            colour, _, shape = str(combo).partition(" ")
+            if colour not in _COLOUR_INDEX or shape not in _SHAPE_INDEX:
+                raise ValueError(
+                    f"held_out entry {combo!r} must be 'colour shape' with a colour in {COLOUR_NAMES} and a shape in "
+                    f"{SHAPES}, e.g. 'green star'."
+                )
+        if any(all(f"{c} {s}" in self.held_out for c in COLOUR_NAMES) for s in SHAPES):
+            raise ValueError("held_out removes every colour of some shape; keep at least one colour per shape.")
         if self.resolution < 12:
             raise ValueError(
                 f"resolution={self.resolution} is too small for a legible 3x3 grid of shapes; use 32 or 64 "
@@ -146,11 +160,16 @@ class ShapesConfig:
             )
 
 
+HELD_OUT_COMBOS: tuple[str, ...] = ("green star", "red heart", "blue triangle", "yellow square", "purple circle")
+
 SHAPES_PRESETS: dict[str, ShapesConfig] = {
     "shapes32": ShapesConfig(resolution=32),
     "shapes64": ShapesConfig(resolution=64),
     "single32": ShapesConfig(resolution=32, min_objects=1, max_objects=1),  # class-conditional experiments
     "single64": ShapesConfig(resolution=64, min_objects=1, max_objects=1),
+    # single32 without five colour-shape pairs (one per shape and colour): does a text encoder compose "green" and
+    # "star" into a green star it never saw? (issue 5, experiment 8)
+    "single32-heldout": ShapesConfig(resolution=32, min_objects=1, max_objects=1, held_out=HELD_OUT_COMBOS),
 }
 
 
@@ -394,6 +413,8 @@ def render_sample(index: int, cfg: ShapesConfig | None = None) -> ShapesSample:
         row, col = divmod(int(cells[j]), 3)
         shape_id = int(u[j][0] * len(SHAPES))
         colour_id = int(u[j][1] * len(COLOURS))
+        while cfg.held_out and f"{COLOUR_NAMES[colour_id]} {SHAPES[shape_id]}" in cfg.held_out:
+            colour_id = (colour_id + 1) % len(COLOURS)  # the next allowed colour (one exists: checked in the config)
         size_id = int(u[j][2] * len(SIZES))
         lo, hi = cfg.large_range if size_id else cfg.small_range
         side = (lo + (hi - lo) * u[j][3]) * cell
