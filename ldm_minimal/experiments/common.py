@@ -104,10 +104,11 @@ def sample_in_chunks(fn, n: int, chunk: int = 128) -> torch.Tensor:
 
 
 def write_result(name: str, result: dict[str, Any], out_dir: Path | None = None,
-                 argv: Sequence[str] | None = None) -> Path:
+                 argv: Sequence[str] | None = None, module: str | None = None) -> Path:
+    """docs/results/<name>.json with the machine and the command (``module``: the script, default ``name``)."""
     out_dir = Path(out_dir or RESULTS_DIR)
     out_dir.mkdir(parents=True, exist_ok=True)
-    result = {"experiment": name, "machine": machine(), "command": command(name, argv), **result}
+    result = {"experiment": name, "machine": machine(), "command": command(module or name, argv), **result}
     path = out_dir / f"{name}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {path}")

@@ -80,7 +80,7 @@ def figure(result: dict, out_dir) -> None:
     axes[0].axhline(result["real_floor_fid"], ls=":", c="gray", label="real vs real")
     axes[0].set(xscale="log", xlabel="sampling steps", ylabel="FID (judge features)", title="FID")
     axes[1].set(xscale="log", xlabel="sampling steps", ylabel="shape-and-colour accuracy", title="prompt fidelity")
-    axes[2].set(xscale="log", xlabel="ms per image (2 CPU cores)", ylabel="FID", title="quality against cost")
+    axes[2].set(xscale="log", xlabel="ms per image (CPU)", ylabel="FID", title="quality against cost")
     for ax in axes:
         ax.legend(fontsize=8)
     save_figure(fig, NAME, out_dir)

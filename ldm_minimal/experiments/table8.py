@@ -76,6 +76,9 @@ def main(argv: list[str] | None = None) -> dict:
     p = base_parser(__doc__, n=N_EVAL)
     p.add_argument("--steps", type=int, default=250, help="training steps of every autoencoder (batch 16)")
     p.add_argument("--run-root", type=Path, default=RUNS_DIR / NAME)
+    p.add_argument("--factors", type=int, nargs="+", default=list(FACTORS))
+    p.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS))
+    p.add_argument("--name", default=NAME, help="result file name (e.g. table8_600 for a second budget)")
     args = p.parse_args(argv)
     setup(args)
     if args.quick:
@@ -87,8 +90,8 @@ def main(argv: list[str] | None = None) -> dict:
     rows, pictures = [], [("original", x[:8])]
     result: dict = {"steps": args.steps, "batch_size": 16, "world": "shapes32", "n_eval": args.n}
     with timer(result):
-        for kind in KINDS:
-            for f in FACTORS:
+        for kind in args.kinds:
+            for f in args.factors:
                 run = train_first_stage(kind, f, args.steps, args.run_root)
                 summary = json.loads((run / "summary.json").read_text())
                 row = {"model": f"{kind}-f{f}", "kind": kind, "f": f, **score(run / "model.safetensors", x, captions, lpips),
@@ -98,12 +101,12 @@ def main(argv: list[str] | None = None) -> dict:
                 print({k: v for k, v in row.items() if k != "run"})
                 rows.append(row)
     result["rows"] = rows
-    write_result(NAME, result, args.out_dir, argv)
-    figure(result, pictures, args.out_dir)
+    write_result(args.name, result, args.out_dir, argv, module=NAME)
+    figure(result, pictures, args.out_dir, args.name)
     return result
 
 
-def figure(result: dict, pictures: list, out_dir) -> None:
+def figure(result: dict, pictures: list, out_dir, name: str = NAME) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -113,6 +116,7 @@ def figure(result: dict, pictures: list, out_dir) -> None:
     from ldm_minimal.utils import save_image
 
     fig, axes = plt.subplots(1, 4, figsize=(15, 3.2))
+    factors = sorted({r["f"] for r in result["rows"]})
     for kind, marker in (("kl", "o-"), ("vq", "s--")):
         rs = [r for r in result["rows"] if r["kind"] == kind]
         fs = [r["f"] for r in rs]
@@ -120,11 +124,12 @@ def figure(result: dict, pictures: list, out_dir) -> None:
                                   ("PSNR (dB)", "SSIM", "rFID (judge features)", "judge: shape and colour kept")):
             ax.plot(fs, [r[key] for r in rs], marker, label=kind.upper())
             ax.set(xscale="log", xlabel="downsampling factor f", title=title)
-            ax.set_xticks(list(FACTORS), [str(f) for f in FACTORS])
+            ax.set_xticks(factors, [str(f) for f in factors])
     axes[0].legend()
-    save_figure(fig, NAME, out_dir)
+    save_figure(fig, name, out_dir)
     plt.close(fig)
-    save_image(labeled_rows(pictures, title="D(E(x)) on held-out pictures"), (out_dir or RESULTS_DIR) / f"{NAME}_reconstructions.png")
+    title = f"D(E(x)) on held-out pictures, {result['steps']} training steps"
+    save_image(labeled_rows(pictures, title=title), (out_dir or RESULTS_DIR) / f"{name}_reconstructions.png")
 
 
 if __name__ == "__main__":
