@@ -110,7 +110,8 @@ def write_result(name: str, result: dict[str, Any], out_dir: Path | None = None,
     out_dir.mkdir(parents=True, exist_ok=True)
     result = {"experiment": name, "machine": machine(), "command": command(module or name, argv), **result}
     path = out_dir / f"{name}.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
+    text = json.dumps(result, indent=2).replace(str(REPO_ROOT) + "/", "")  # paths relative to the repository
+    path.write_text(text + "\n")
     print(f"wrote {path}")
     return path
 
