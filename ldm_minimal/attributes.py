@@ -340,6 +340,43 @@ def train_attribute_classifier(
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     model = AttributeClassifier(cfg).to(device).train()
+
+    def batch(step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:  # fresh pictures every step
+        x, objects = render_single(range(step * batch_size, (step + 1) * batch_size), seed, cfg.world)
+        y = {a: t.to(device) for a, t in _targets_from_dicts(objects, "item").items()}
+        x = x.to(device)
+        return (augment_batch(x, gen) if augment else x), y
+
+    def loss_and_accuracy(logits: dict[str, torch.Tensor], y: dict[str, torch.Tensor]):
+        # L = sum over attributes of CE(logits_a, y_a); accuracy: all four attributes right
+        loss = sum(F.cross_entropy(logits[a].float(), y[a]) for a in ATTRIBUTES)
+        right = torch.stack([logits[a].argmax(1) == y[a] for a in ATTRIBUTES]).all(0).float().mean()
+        return loss, right
+
+    logs: dict[str, Any] = {"config": cfg.to_dict(), "seed": seed, "batch_size": batch_size, "lr": lr,
+                            "augment": augment}  # fmt: skip
+    logs.update(fit_classifier(model, batch, loss_and_accuracy, steps, lr, weight_decay, log_every,
+                               "attribute classifier" if progress else None))
+    return model.eval(), logs
+
+
+def fit_classifier(
+    model: nn.Module,
+    batch: Callable[[int], tuple[torch.Tensor, Any]],
+    loss_and_accuracy: Callable[[Any, Any], tuple[torch.Tensor, torch.Tensor]],
+    steps: int,
+    lr: float,
+    weight_decay: float,
+    log_every: int = 50,
+    progress: str | None = None,
+) -> dict[str, Any]:
+    """The plain loop every classifier of the course trains with (the judge, ``world_classifier``).
+
+    ``batch(step) -> (x, y)`` supplies (and augments) each step's batch; ``loss_and_accuracy(model(x), y)`` gives
+    the loss and the batch accuracy. AdamW; linear warm-up over min(100, steps / 10) steps, then cosine decay to 2%
+    of lr. ``progress``: a tqdm label, or None for no bar. Returns logs {"step", "loss", "accuracy" (running means
+    over each log_every steps, on training batches), "wall_time_s", "steps"}.
+    """
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     warmup = max(1, min(100, steps // 10))
 
@@ -349,36 +386,28 @@ def train_attribute_classifier(
         t = (step - warmup) / max(1, steps - warmup)
         return lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * t)))
 
-    logs: dict[str, Any] = {"step": [], "loss": [], "accuracy": [], "config": cfg.to_dict(), "seed": seed,
-                            "batch_size": batch_size, "lr": lr, "augment": augment}  # fmt: skip
+    logs: dict[str, Any] = {"step": [], "loss": [], "accuracy": []}
     t0 = time.time()
     run_loss, run_acc, run_n = 0.0, 0.0, 0
     bar = None
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=steps, desc="attribute classifier", mininterval=2.0, file=sys.stderr)
+        bar = tqdm(total=steps, desc=progress, mininterval=2.0, file=sys.stderr)
+    model.train()
     for step in range(steps):
-        x, objects = render_single(range(step * batch_size, (step + 1) * batch_size), seed, cfg.world)
-        y = {a: t.to(device) for a, t in _targets_from_dicts(objects, "item").items()}
-        x = x.to(device)
-        if augment:
-            x = augment_batch(x, gen)
+        x, y = batch(step)
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
-        logits = model(x)
-        # L = sum over attributes of CE(logits_a, y_a)
-        loss = sum(F.cross_entropy(logits[a].float(), y[a]) for a in ATTRIBUTES)
+        loss, right = loss_and_accuracy(model(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        with torch.no_grad():
-            right = torch.stack([logits[a].argmax(1) == y[a] for a in ATTRIBUTES]).all(0).float().mean()
         run_loss, run_acc, run_n = run_loss + float(loss.detach()), run_acc + float(right), run_n + 1
         if (step + 1) % log_every == 0 or step + 1 == steps:
             logs["step"].append(step + 1)
             logs["loss"].append(run_loss / run_n)
-            logs["accuracy"].append(run_acc / run_n)  # all four attributes right, on (augmented) training batches
+            logs["accuracy"].append(run_acc / run_n)
             if bar is not None:
                 bar.set_postfix(loss=f"{run_loss / run_n:.4f}", acc=f"{run_acc / run_n:.3f}")
             run_loss, run_acc, run_n = 0.0, 0.0, 0
@@ -388,7 +417,7 @@ def train_attribute_classifier(
         bar.close()
     logs["wall_time_s"] = time.time() - t0
     logs["steps"] = steps
-    return model.eval(), logs
+    return logs
 
 
 # ----------------------------------------------------------------------------------------------------------------

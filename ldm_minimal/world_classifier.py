@@ -42,12 +42,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import os
 import platform
 import shlex
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -57,7 +55,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import repeat
 
-from .attributes import ConvBlock, augment_batch, gaussian_blur
+from .attributes import ConvBlock, augment_batch, fit_classifier, gaussian_blur
 from .checkpoint import CheckpointError, load_state_into, read_checkpoint, save_checkpoint
 from .utils import check_images, count_parameters, unknown_name_error
 
@@ -315,55 +313,23 @@ def train_world_classifier(
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     model = WorldClassifier(cfg).to(device).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    warmup = max(1, min(100, steps // 10))
-
-    def lr_at(step: int) -> float:  # linear warm-up, then cosine to 2% of lr
-        if step < warmup:
-            return lr * (step + 1) / warmup
-        t = (step - warmup) / max(1, steps - warmup)
-        return lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * t)))
-
-    logs: dict[str, Any] = {"step": [], "loss": [], "accuracy": []}
     order = torch.empty(0, dtype=torch.long)
-    t0 = time.time()
-    run_loss, run_acc, run_n = 0.0, 0.0, 0
-    bar = None
-    if progress:
-        from tqdm import tqdm
 
-        bar = tqdm(total=steps, desc="world classifier", mininterval=2.0, file=sys.stderr)
-    for step in range(steps):
+    def batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        nonlocal order
         if order.numel() < batch_size:  # a fresh permutation of the training pictures (one epoch)
             order = torch.cat([order, torch.randperm(images.shape[0], generator=gen)])
         idx, order = order[:batch_size], order[batch_size:]
         x, y = images[idx].to(device), labels[idx].to(device)
-        if augment:
-            x = augment_world_batch(x, gen)
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step)
-        logits = model(x)  # (B, K)
-        # L = CE(logits, y) with label smoothing (targets (1 - eps) one-hot + eps / K)
+        return (augment_world_batch(x, gen) if augment else x), y
+
+    def loss_and_accuracy(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # L = CE(logits, y) with label smoothing (targets (1 - eps) one-hot + eps / K); logits (B, K)
         loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        run_loss += float(loss.detach())
-        run_acc += float((logits.argmax(1) == y).float().mean())
-        run_n += 1
-        if (step + 1) % log_every == 0 or step + 1 == steps:
-            logs["step"].append(step + 1)
-            logs["loss"].append(run_loss / run_n)
-            logs["accuracy"].append(run_acc / run_n)  # on augmented training batches
-            if bar is not None:
-                bar.set_postfix(loss=f"{run_loss / run_n:.3f}", acc=f"{run_acc / run_n:.3f}")
-            run_loss, run_acc, run_n = 0.0, 0.0, 0
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
-    logs["wall_time_s"] = time.time() - t0
-    logs["steps"] = steps
+        return loss, (logits.argmax(1) == y).float().mean()
+
+    logs = fit_classifier(model, batch, loss_and_accuracy, steps, lr, weight_decay, log_every,
+                          "world classifier" if progress else None)
     return model.eval(), logs
 
 
