@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test install clean-outputs
+.PHONY: demo test install clean-outputs exercises
 
 install: $(STAMP)
 
@@ -31,3 +31,7 @@ test: $(STAMP)
 
 clean-outputs:
 	rm -rf outputs
+
+# the student notebooks (notebooks/) from the complete ones (solutions/); never replaces a learner's edits
+exercises: $(STAMP)
+	$(PY) -m ldm_minimal course build

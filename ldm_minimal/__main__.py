@@ -9,6 +9,7 @@ Commands
   export      copy a run's model to a float16 shipping checkpoint with a manifest entry
   train       train a first stage (ae) or a latent diffusion model (ldm): python -m ldm_minimal train --help
   worlds      list the data worlds
+  course      build the student notebooks from solutions/ (python -m ldm_minimal course build [--check])
 """
 
 from __future__ import annotations
@@ -171,6 +172,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     w = sub.add_parser("worlds", help="list the data worlds")
     w.set_defaults(func=cmd_worlds)
+
+    from .course import add_course_command
+
+    add_course_command(sub)  # course build
     return p
 
 
