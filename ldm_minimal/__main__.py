@@ -10,6 +10,7 @@ Commands
   train       train a first stage (ae) or a latent diffusion model (ldm): python -m ldm_minimal train --help
   worlds      list the data worlds
   course      build the student notebooks from solutions/ (python -m ldm_minimal course build [--check])
+  grade       grade exercise notebooks against solutions/ (points per exercise -> CSV and JSON)
 """
 
 from __future__ import annotations
@@ -176,6 +177,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .course import add_course_command
 
     add_course_command(sub)  # course build
+
+    from .grade import add_grade_command
+
+    add_grade_command(sub)  # grade
     return p
 
 
