@@ -41,7 +41,6 @@ import os
 import platform
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -383,9 +382,7 @@ def evaluate(
     metric_net: nn.Module | str = INCEPTION if inception else net
     fid_value = fid(real, fake, metric_net)
     subset = min(100, real.shape[0], fake.shape[0])
-    with warnings.catch_warnings():  # torchmetrics warns that KID keeps all features: n is small here
-        warnings.filterwarnings("ignore", message=".*will save all extracted features.*")
-        kid_mean, kid_std = kid(real, fake, metric_net, subsets=KID_SUBSETS, subset_size=subset, seed=seed)
+    kid_mean, kid_std = kid(real, fake, metric_net, subsets=KID_SUBSETS, subset_size=subset, seed=seed)
     k = min(PR_K, real.shape[0] - 1, fake.shape[0] - 1)
     pr = precision_recall(_features(net, real, inception), _features(net, fake, inception), k=k)
 

@@ -96,7 +96,10 @@ def inpaint_baseline(
     hole if any of its f x f pixels is one; the sampler replaces the known latent region by q(z_t | z_0) at every
     step (z_0 exactly at the end); then the pixel composite (1 - m) * x + m * x_hat. Returns (B, 3, H, W).
     """
-    if ldm_uncond.conditioner is not None and (ldm_uncond.conditioner.mode == "concat" or ldm_uncond.cfg.cond_drop_prob == 0):
+    if not isinstance(ldm_uncond, LatentDiffusion):
+        raise TypeError(f"inpaint_baseline() needs a LatentDiffusion model, got {type(ldm_uncond).__name__}.")
+    cond = ldm_uncond.conditioner
+    if cond is not None and (cond.mode == "concat" or ldm_uncond.cfg.cond_drop_prob == 0):
         raise ValueError(
             f"inpaint_baseline() needs an unconditional model, or a conditional one trained with condition dropout "
             f"(its null condition is then an unconditional model); this one has conditioner="
