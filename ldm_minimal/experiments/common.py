@@ -116,13 +116,33 @@ def write_result(name: str, result: dict[str, Any], out_dir: Path | None = None,
     return path
 
 
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend (the experiments write PNGs, they never open a window)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def save_figure(fig, name: str, out_dir: Path | None = None) -> Path:
+    """<out_dir>/<name>.png from a matplotlib figure, which is then closed."""
     out_dir = Path(out_dir or RESULTS_DIR)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{name}.png"
     fig.savefig(path, dpi=110, bbox_inches="tight")
+    pyplot().close(fig)
     print(f"wrote {path}")
     return path
+
+
+def save_rows(rows: Sequence[tuple[str, torch.Tensor]], name: str, out_dir: Path | None = None, **kwargs: Any) -> Path:
+    """<out_dir>/<name>.png: one labelled row of pictures per (label, images) (``generate.labeled_rows``)."""
+    from ldm_minimal.generate import labeled_rows
+    from ldm_minimal.utils import save_image
+
+    return save_image(labeled_rows(rows, **kwargs), Path(out_dir or RESULTS_DIR) / f"{name}.png")
 
 
 def base_parser(description: str, n: int):

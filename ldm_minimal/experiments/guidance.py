@@ -18,7 +18,7 @@ import sys
 import torch
 
 from ldm_minimal.experiments.common import (CHECKPOINTS, base_parser, real_floor, sample_in_chunks, sample_quality,
-                                           save_figure, setup, single_objects, timer, write_result)
+                                           pyplot, save_figure, save_rows, setup, single_objects, timer, write_result)
 
 SCALES = (1.0, 1.5, 2.0, 3.0, 5.0, 7.0)
 NAME = "guidance"
@@ -58,12 +58,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def figure(result: dict, pictures: list, real: torch.Tensor, out_dir) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ldm_minimal.generate import labeled_rows
+    plt = pyplot()
 
     rows = result["rows"]
     s = [r["guidance"] for r in rows]
@@ -81,12 +76,8 @@ def figure(result: dict, pictures: list, real: torch.Tensor, out_dir) -> None:
     axes[2].set(xlabel="guidance scale s", title="precision / recall (k = 3)")
     axes[2].legend()
     save_figure(fig, NAME, out_dir)
-    plt.close(fig)
-    grid = labeled_rows([("real (held out)", real), *pictures], title="the same 8 prompts and seeds at each scale")
-    from ldm_minimal.utils import save_image
-
-    from ldm_minimal.experiments.common import RESULTS_DIR
-    save_image(grid, (out_dir or RESULTS_DIR) / f"{NAME}_samples.png")
+    save_rows([("real (held out)", real), *pictures], f"{NAME}_samples", out_dir,
+              title="the same 8 prompts and seeds at each scale")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import sys
 import numpy as np
 import torch
 
-from ldm_minimal.experiments.common import (CHECKPOINTS, RESULTS_DIR, TEST_SEED, base_parser, judge, sample_in_chunks,
+from ldm_minimal.experiments.common import (CHECKPOINTS, TEST_SEED, base_parser, judge, sample_in_chunks, save_rows,
                                            setup, single_objects, timer, write_result)
 
 NAME = "high_resolution"
@@ -55,12 +55,8 @@ def main(argv: list[str] | None = None) -> dict:
         args.n, args.steps = 8, 3
     from ldm_minimal.attributes import attribute_accuracy, render_single
     from ldm_minimal.checkpoint import load_ldm
-    from ldm_minimal.generate import labeled_rows
     from ldm_minimal.metrics import psnr, ssim
     from ldm_minimal.pipelines import bicubic_upscale, upscale
-    from ldm_minimal.utils import save_image
-
-    out_dir = args.out_dir or RESULTS_DIR
     t2i, _ = load_ldm(args.t2i_checkpoint)
     sr, _ = load_ldm(args.sr_checkpoint)
     _, _, captions = single_objects(args.n)
@@ -97,14 +93,13 @@ def main(argv: list[str] | None = None) -> dict:
             print("sr", side, result["sr"][f"{side // 4}->{side}"])
             if side == 64:
                 up = torch.nn.functional.interpolate(low[:6], scale_factor=4, mode="nearest")
-                save_image(labeled_rows([("16x16 input", up), ("bicubic", bic[:6]), ("LDM-SR (trained 8->32)", y[:6]),
-                                         ("original 64x64", x[:6])], title="x4 SR at twice the training size", zoom=2),
-                           out_dir / f"{NAME}_sr.png")
+                save_rows([("16x16 input", up), ("bicubic", bic[:6]), ("LDM-SR (trained 8->32)", y[:6]),
+                           ("original 64x64", x[:6])], f"{NAME}_sr", args.out_dir,
+                          title="x4 SR at twice the training size", zoom=2)
     write_result(NAME, result, args.out_dir, argv)
     big = torch.nn.functional.interpolate(pictures[32], scale_factor=2, mode="nearest")
-    save_image(labeled_rows([("32x32 (trained size)", big), ("64x64 (2x)", pictures[64])],
-                            title="the same prompts: " + "; ".join(c.replace("a ", "", 1) for c in captions[:3]) + " ...",
-                            zoom=2), out_dir / f"{NAME}_t2i.png")
+    save_rows([("32x32 (trained size)", big), ("64x64 (2x)", pictures[64])], f"{NAME}_t2i", args.out_dir,
+              title="the same prompts: " + "; ".join(c.replace("a ", "", 1) for c in captions[:3]) + " ...", zoom=2)
     return result
 
 

@@ -25,7 +25,7 @@ import sys
 
 import torch
 
-from ldm_minimal.experiments.common import (CHECKPOINTS, RESULTS_DIR, base_parser, sample_in_chunks, sample_quality,
+from ldm_minimal.experiments.common import (CHECKPOINTS, base_parser, sample_in_chunks, sample_quality, save_rows,
                                            setup, single_objects, timer, write_result)
 
 NAME = "inpainting"
@@ -102,11 +102,7 @@ def main(argv: list[str] | None = None) -> dict:
             shown = x[:8] * (1 - m[:8]) + m[:8]  # the hole in white
             rows += [(f"{kind}: input", shown)] + [(f"{kind}: {k}", v[:8]) for k, v in fills.items()]
     write_result(name, result, args.out_dir, argv, module=NAME)
-    from ldm_minimal.generate import labeled_rows
-    from ldm_minimal.utils import save_image
-
-    save_image(labeled_rows(rows, title=f"inpainting held-out {args.world} pictures (hole shown in white)"),
-               (args.out_dir or RESULTS_DIR) / f"{name}.png")
+    save_rows(rows, name, args.out_dir, title=f"inpainting held-out {args.world} pictures (hole shown in white)")
     return result
 
 

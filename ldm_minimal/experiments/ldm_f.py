@@ -27,7 +27,7 @@ import torch
 
 from ldm_minimal.experiments import table8
 from ldm_minimal.experiments.common import (RUNS_DIR, base_parser, real_floor, sample_in_chunks, sample_quality,
-                                           save_figure, setup, single_objects, timer, write_result)
+                                           pyplot, save_figure, save_rows, setup, single_objects, timer, write_result)
 
 FACTORS = (1, 2, 4, 8, 16)
 NAME = "ldm_f"
@@ -123,14 +123,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def figure(result: dict, pictures: list, real: torch.Tensor, out_dir) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ldm_minimal.experiments.common import RESULTS_DIR
-    from ldm_minimal.generate import labeled_rows
-    from ldm_minimal.utils import save_image
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.5))
     for m in result["models"]:
@@ -147,9 +140,7 @@ def figure(result: dict, pictures: list, real: torch.Tensor, out_dir) -> None:
     for ax in axes:
         ax.legend(fontsize=8)
     save_figure(fig, NAME, out_dir)
-    plt.close(fig)
-    save_image(labeled_rows([("real (held out)", real), *pictures], title="the same 8 classes and seeds"),
-               (out_dir or RESULTS_DIR) / f"{NAME}_samples.png")
+    save_rows([("real (held out)", real), *pictures], f"{NAME}_samples", out_dir, title="the same 8 classes and seeds")
 
 
 if __name__ == "__main__":

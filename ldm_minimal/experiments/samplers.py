@@ -21,7 +21,7 @@ import sys
 import torch
 
 from ldm_minimal.experiments.common import (CHECKPOINTS, base_parser, real_floor, sample_in_chunks, sample_quality,
-                                           save_figure, setup, single_objects, timer, write_result)
+                                           pyplot, save_figure, setup, single_objects, timer, write_result)
 
 DDIM_STEPS = (10, 25, 50, 100, 250)
 ETAS = (0.0, 1.0)
@@ -60,10 +60,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def figure(result: dict, out_dir) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     rows = result["rows"]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
@@ -84,7 +81,6 @@ def figure(result: dict, out_dir) -> None:
     for ax in axes:
         ax.legend(fontsize=8)
     save_figure(fig, NAME, out_dir)
-    plt.close(fig)
 
 
 if __name__ == "__main__":

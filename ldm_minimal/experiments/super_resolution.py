@@ -17,8 +17,8 @@ import sys
 
 import torch
 
-from ldm_minimal.experiments.common import (CHECKPOINTS, RESULTS_DIR, base_parser, real_floor, sample_in_chunks,
-                                           sample_quality, setup, single_objects, timer, write_result)
+from ldm_minimal.experiments.common import (CHECKPOINTS, base_parser, real_floor, sample_in_chunks,
+                                           sample_quality, save_rows, setup, single_objects, timer, write_result)
 
 NAME = "super_resolution"
 
@@ -61,13 +61,9 @@ def main(argv: list[str] | None = None) -> dict:
                             "acc_shape_and_colour": q["acc_shape_and_colour"]}
             print(name, result[name])
     write_result(NAME, result, args.out_dir, argv)
-    from ldm_minimal.generate import labeled_rows
-    from ldm_minimal.utils import save_image
-
     up = torch.nn.functional.interpolate(low[:8], scale_factor=4, mode="nearest")
-    save_image(labeled_rows([("8x8 input", up), ("bicubic", outputs["bicubic"][:8]), ("LDM-SR", outputs["ldm_sr"][:8]),
-                             ("original", x[:8])], title="x4 super-resolution of held-out pictures"),
-               (args.out_dir or RESULTS_DIR) / f"{NAME}.png")
+    save_rows([("8x8 input", up), ("bicubic", outputs["bicubic"][:8]), ("LDM-SR", outputs["ldm_sr"][:8]),
+               ("original", x[:8])], NAME, args.out_dir, title="x4 super-resolution of held-out pictures")
     return result
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from ldm_minimal.experiments.common import (RESULTS_DIR, RUNS_DIR, base_parser, judge, save_figure, setup,
+from ldm_minimal.experiments.common import (RUNS_DIR, base_parser, judge, pyplot, save_figure, save_rows, setup,
                                            single_objects, timer, write_result)
 
 FACTORS = (1, 2, 4, 8, 16)
@@ -107,13 +107,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def figure(result: dict, pictures: list, out_dir, name: str = NAME) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ldm_minimal.generate import labeled_rows
-    from ldm_minimal.utils import save_image
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, 4, figsize=(15, 3.2))
     factors = sorted({r["f"] for r in result["rows"]})
@@ -127,9 +121,8 @@ def figure(result: dict, pictures: list, out_dir, name: str = NAME) -> None:
             ax.set_xticks(factors, [str(f) for f in factors])
     axes[0].legend()
     save_figure(fig, name, out_dir)
-    plt.close(fig)
     title = f"D(E(x)) on held-out pictures, {result['steps']} training steps"
-    save_image(labeled_rows(pictures, title=title), (out_dir or RESULTS_DIR) / f"{name}_reconstructions.png")
+    save_rows(pictures, f"{name}_reconstructions", out_dir, title=title)
 
 
 if __name__ == "__main__":

@@ -29,8 +29,8 @@ from pathlib import Path
 
 import torch
 
-from ldm_minimal.experiments.common import (CHECKPOINTS, RUNS_DIR, TEST_SEED, base_parser, judge, save_figure, setup,
-                                           timer, write_result)
+from ldm_minimal.experiments.common import (CHECKPOINTS, RUNS_DIR, TEST_SEED, base_parser, judge, pyplot, save_figure,
+                                           save_rows, setup, timer, write_result)
 
 NAME = "text_encoder"
 ENCODERS = {"joint": "shapes-t2i", "minilm": "shapes-t2i-minilm"}
@@ -133,14 +133,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def figure(result: dict, pictures: dict, out_dir) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ldm_minimal.experiments.common import RESULTS_DIR
-    from ldm_minimal.generate import labeled_rows
-    from ldm_minimal.utils import save_image
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6, 3.4))
     encs = list(result["models"])
@@ -151,11 +144,10 @@ def figure(result: dict, pictures: dict, out_dir) -> None:
     ax.set(ylabel="judge: shape and colour", ylim=(0, 1), title="does the model draw the pair it was asked for?")
     ax.legend()
     save_figure(fig, NAME, out_dir)
-    plt.close(fig)
     captions = pictures[encs[0]]["held_out_pairs"][0]
     rows = [(f"{e}: held-out pairs", pictures[e]["held_out_pairs"][1]) for e in encs]
     title = "prompts: " + "; ".join(c.replace("a ", "", 1) for c in captions[:4]) + " ..."
-    save_image(labeled_rows(rows, title=title), (out_dir or RESULTS_DIR) / f"{NAME}_samples.png")
+    save_rows(rows, f"{NAME}_samples", out_dir, title=title)
 
 
 if __name__ == "__main__":

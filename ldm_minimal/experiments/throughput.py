@@ -25,7 +25,8 @@ from pathlib import Path
 
 import torch
 
-from ldm_minimal.experiments.common import RESULTS_DIR, RUNS_DIR, base_parser, save_figure, setup, timer, write_result
+from ldm_minimal.experiments.common import (RESULTS_DIR, RUNS_DIR, base_parser, pyplot, save_figure, setup, timer,
+                                           write_result)
 
 NAME = "throughput"
 
@@ -125,10 +126,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def figure(result: dict, out_dir) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     rows = result["rows"]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
@@ -149,7 +147,6 @@ def figure(result: dict, out_dir) -> None:
                     title="FID at equal wall time")
         axes[1].legend(fontsize=8)
     save_figure(fig, NAME, out_dir)
-    plt.close(fig)
 
 
 if __name__ == "__main__":
