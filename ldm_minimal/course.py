@@ -107,30 +107,30 @@ def build(solutions: Path = SOLUTIONS_DIR, notebooks: Path = NOTEBOOKS_DIR, chec
         raise CourseError(f"{solutions} holds no .ipynb notebooks; the complete notebooks belong there.")
     record_path = notebooks / RECORD
     record = json.loads(record_path.read_text()) if record_path.exists() else {}
-    stale, edited = [], []
+    stale: dict[str, str] = {}  # name -> the student version to write
+    edited = []
     for src in sources:
         text = _dump(student_notebook(json.loads(src.read_text()), src.name))
         dst = notebooks / src.name
         current = dst.read_text() if dst.exists() else None
         if current == text:
             continue
-        stale.append(src.name)
+        stale[src.name] = text
         if current is not None and record.get(src.name) != _sha(current):
             edited.append(src.name)
     if check or not stale:
-        return stale
+        return list(stale)
     if edited and not force:
         raise CourseError(
             f"{', '.join(edited)} in {notebooks} changed since they were generated (your own work?). Copy them "
             "elsewhere first, or pass --force to replace them with fresh student versions."
         )
     notebooks.mkdir(parents=True, exist_ok=True)
-    for name in stale:
-        text = _dump(student_notebook(json.loads((solutions / name).read_text()), name))
+    for name, text in stale.items():
         (notebooks / name).write_text(text)
         record[name] = _sha(text)
     record_path.write_text(json.dumps(dict(sorted(record.items())), indent=1) + "\n")
-    return stale
+    return list(stale)
 
 
 def cmd_course(args: argparse.Namespace) -> int:
