@@ -1,6 +1,6 @@
 # ldm-minimal: two commands do all the set-up (see README.md).
 #   make demo   creates .venv if missing, installs, runs the main job (pictures under outputs/)
-#   make test   same set-up, then the whole test suite
+#   make test   same set-up, then the whole test suite (unit tests and every notebook)
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -26,8 +26,10 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) -m ldm_minimal demo
 
+# unit tests, then every notebook of solutions/ and notebooks/ executed by nbval (2 workers, one torch thread each)
 test: $(STAMP)
-	$(PY) -m pytest -q
+	LDM_COURSE_THREADS=1 $(PY) -m pytest -q -n 2 --dist loadfile --nbval-lax --nbval-current-env \
+	  --nbval-cell-timeout=900 tests solutions notebooks
 
 clean-outputs:
 	rm -rf outputs

@@ -1,0 +1,277 @@
+"""What every course notebook shares: the FAST/FULL setting, exercise checks with a fallback, pictures.
+
+A notebook starts with::
+
+    from ldm_minimal import lesson
+    L = lesson.setup("05 DDPM from scratch")      # prints torch, device, mode; seeds everything
+
+and then uses
+
+- ``L.fast`` / ``L.pick(fast=300, full=20_000)``: the FAST setting (default without a GPU: the notebook runs in
+  about a minute on 2 CPU cores) or the FULL one (default with a GPU: trains to the shipped quality). Choose
+  with the environment variable ``LDM_COURSE_MODE=FAST|FULL`` before starting Jupyter.
+- ``lesson.check(name, your_function, test, reference=..., hint=...)`` right after an exercise: runs a visible
+  test, prints a helpful message and a hint when it fails, and returns the function the rest of the notebook
+  should use: yours when it passes, else the package's ``reference`` with a visible note, so one unsolved
+  exercise never stops the later cells.
+- ``lesson.hidden_test(name, test)`` inside an nbgrader ``### BEGIN HIDDEN TESTS`` block: raises when the
+  exercise is unsolved or wrong, so the grader (``python -m ldm_minimal grade``) gives no points for it.
+- ``lesson.show_images``, ``lesson.show_rows``, ``lesson.plot_curves`` for pictures, and
+  ``lesson.load_shipped(name)`` for the small checkpoints under ``data/checkpoints/``.
+- ``L.finish()`` as the last cell: prints the notebook's wall time and CPU time.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from .utils import REPO_ROOT, autocast, image_grid, seed_everything
+
+MODES = ("FAST", "FULL")
+CHECKPOINTS = REPO_ROOT / "data" / "checkpoints"
+
+# name -> {"status": "passed" | "todo" | "wrong", "submitted": the learner's object, "message": str}
+RESULTS: dict[str, dict[str, Any]] = {}
+
+
+def default_mode() -> str:
+    """FAST without a GPU, FULL with one; ``LDM_COURSE_MODE`` overrides both."""
+    mode = os.environ.get("LDM_COURSE_MODE", "").strip().upper()
+    if mode and mode not in MODES:
+        raise ValueError(f"LDM_COURSE_MODE={mode!r} is not a mode; use one of {', '.join(MODES)} (or leave it unset).")
+    return mode or ("FULL" if torch.cuda.is_available() else "FAST")
+
+
+@dataclass
+class Lesson:
+    """The settings of one notebook run (made by :func:`setup`)."""
+
+    title: str
+    mode: str
+    device: torch.device
+    seed: int
+    started: float = field(default_factory=time.perf_counter)
+    cpu_started: float = field(default_factory=time.process_time)
+    times: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def fast(self) -> bool:
+        return self.mode == "FAST"
+
+    def pick(self, fast: Any, full: Any) -> Any:
+        """The FAST value or the FULL one, by the current mode."""
+        return fast if self.fast else full
+
+    def autocast(self):
+        """bf16 autocast on CUDA, a no-op on CPU (``with L.autocast(): ...``)."""
+        return autocast(self.device)
+
+    def generator(self, seed: int | None = None) -> torch.Generator:
+        """A CPU generator (sampling noise is drawn on the CPU, so FAST and FULL runs draw the same noise)."""
+        return torch.Generator().manual_seed(self.seed if seed is None else seed)
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def finish(self) -> None:
+        """Print this notebook's wall time and CPU time so far (kept in ``self.times``)."""
+        wall, cpu = self.elapsed(), time.process_time() - self.cpu_started
+        self.times = {"wall_s": wall, "cpu_s": cpu}
+        print(f"'{self.title}' ran in {wall:.1f} s wall time ({cpu:.1f} s CPU) in {self.mode} mode on {self.device}.")
+
+
+def setup(title: str, seed: int = 0, mode: str | None = None, device: str | torch.device | None = None) -> Lesson:
+    """Seed everything, pick the mode and device, set plotting defaults, and print what was chosen."""
+    mode = (mode or default_mode()).upper()
+    if mode not in MODES:
+        raise ValueError(f"mode={mode!r} is not a mode; use one of {', '.join(MODES)}.")
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    threads = os.environ.get("LDM_COURSE_THREADS")
+    if threads:
+        torch.set_num_threads(int(threads))
+    seed_everything(seed)
+    RESULTS.clear()
+    try:
+        import matplotlib as mpl
+
+        mpl.rcParams.update({"figure.dpi": 100, "axes.grid": False, "image.interpolation": "nearest"})
+    except ImportError:  # pragma: no cover - matplotlib is a required dependency
+        pass
+    lesson = Lesson(title=title, mode=mode, device=torch.device(device), seed=seed)
+    from . import __version__
+
+    other = "FULL" if mode == "FAST" else "FAST"
+    print(f"{title}\n  ldm_minimal {__version__} · torch {torch.__version__} · python {platform.python_version()}"
+          f" · device {lesson.device} · {torch.get_num_threads()} CPU threads")
+    print(f"  mode {mode} (set LDM_COURSE_MODE={other} before starting Jupyter for the other one) · seed {seed}")
+    return lesson
+
+
+# ---------------------------------------------------------------------------------------------------------
+# exercises
+
+
+def _qualname(obj: Any) -> str:
+    module = getattr(obj, "__module__", None)
+    name = getattr(obj, "__qualname__", None) or getattr(obj, "__name__", None) or type(obj).__name__
+    return f"{module}.{name}" if module and module != "__main__" else str(name)
+
+
+def check(name: str, submitted: Any, test: Callable[[Any], Any], reference: Any = None, hint: str = "") -> Any:
+    """Run ``test(submitted)`` and say how the exercise ``name`` went; return what later cells should use.
+
+    ``test`` raises (usually ``AssertionError`` with a message) when ``submitted`` is wrong. A stub that still
+    raises ``NotImplementedError`` counts as "not done yet". When the test does not pass, ``reference`` (the
+    package's own implementation) is returned, with a note saying so, so the rest of the notebook still runs.
+    """
+    try:
+        test(submitted)
+    except NotImplementedError:
+        status, message = "todo", "not done yet (the stub still raises NotImplementedError)"
+    except Exception as err:  # a wrong answer can fail in any way; we report it and carry on
+        status = "wrong"
+        frames = traceback.extract_tb(err.__traceback__)
+        where = f" (line {frames[-1].lineno} of {frames[-1].name})" if frames else ""
+        message = f"{type(err).__name__}: {err}{where}"
+    else:
+        status, message = "passed", "correct"
+    RESULTS[name] = {"status": status, "submitted": submitted, "message": message}
+    if status == "passed":
+        print(f"✅ {name}: {message}.")
+        return submitted
+    mark = "⏳" if status == "todo" else "❌"
+    print(f"{mark} {name}: {message}.")
+    if hint and status == "wrong":
+        print(f"   Hint: {hint}")
+    if reference is not None:
+        print(f"   The rest of this notebook uses the package's {_qualname(reference)} instead, so you can run on; "
+              "fix your answer and run the exercise and this cell again to use yours.")
+        return reference
+    print("   (No fallback for this one: the cells that use it will show the problem too.)")
+    return submitted
+
+
+def hidden_test(name: str, test: Callable[[Any], Any] | None = None) -> None:
+    """The grader's test of exercise ``name``: raise unless its visible check passed and ``test`` passes too."""
+    if name not in RESULTS:
+        raise AssertionError(f"exercise {name!r} was never checked; run its cell and the check cell after it.")
+    result = RESULTS[name]
+    if result["status"] != "passed":
+        raise AssertionError(f"exercise {name!r}: {result['message']}")
+    if test is not None:
+        test(result["submitted"])
+
+
+def summary() -> None:
+    """One line per exercise checked so far in this notebook."""
+    if not RESULTS:
+        print("No exercises checked yet.")
+    for name, result in RESULTS.items():
+        mark = {"passed": "✅", "todo": "⏳", "wrong": "❌"}[result["status"]]
+        print(f"{mark} {name}: {result['message']}")
+
+
+def assert_close(actual: torch.Tensor, expected: torch.Tensor, what: str, atol: float = 1e-5, rtol: float = 1e-4) -> None:
+    """An AssertionError that names the tensor, the shapes and the largest difference (for exercise tests)."""
+    if not isinstance(actual, torch.Tensor):
+        raise AssertionError(f"{what}: expected a torch.Tensor, got {type(actual).__name__}")
+    if actual.shape != expected.shape:
+        raise AssertionError(f"{what}: shape {tuple(actual.shape)}, expected {tuple(expected.shape)}")
+    actual = actual.detach().float().cpu()
+    expected = expected.detach().float().cpu()
+    if not torch.allclose(actual, expected, atol=atol, rtol=rtol):
+        diff = (actual - expected).abs().max().item()
+        raise AssertionError(f"{what}: values differ from the expected ones (largest difference {diff:.3g})")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# pictures
+
+
+def _plt():
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def show_images(x: torch.Tensor, nrow: int = 8, title: str | None = None, scale: float = 1.0, ax: Any = None) -> Any:
+    """Show a batch (B, C, H, W) in [-1, 1] as one grid; returns the matplotlib axes."""
+    plt = _plt()
+    grid = image_grid(x.detach().float().cpu(), nrow=nrow)
+    if ax is None:
+        h, w = grid.shape[:2]
+        _, ax = plt.subplots(figsize=(max(2.0, scale * w / 40), max(1.5, scale * h / 40)))
+    ax.imshow(grid.squeeze(-1) if grid.shape[-1] == 1 else grid, cmap="gray" if grid.shape[-1] == 1 else None)
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title)
+    if ax.figure is not None and ax.figure.axes == [ax]:
+        plt.show()
+    return ax
+
+
+def show_rows(rows: Sequence[tuple[str, torch.Tensor]], title: str | None = None, scale: float = 1.0) -> None:
+    """One labelled row of pictures per (label, images (B, C, H, W) in [-1, 1])."""
+    plt = _plt()
+    n = max(r[1].shape[0] for r in rows)
+    fig, axes = plt.subplots(len(rows), 1, figsize=(max(3.0, scale * 0.9 * n), scale * 1.05 * len(rows) + 0.4),
+                             squeeze=False)
+    for ax, (label, images) in zip(axes[:, 0], rows):
+        ax.imshow(image_grid(images.detach().float().cpu(), nrow=n))
+        ax.set_axis_off()
+        ax.text(-0.01, 0.5, label, transform=ax.transAxes, ha="right", va="center", fontsize=9)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    plt.show()
+
+
+def plot_curves(curves: dict[str, Sequence[float]], title: str = "", xlabel: str = "step", ylabel: str = "loss",
+                logy: bool = False, smooth: int = 1) -> None:
+    """Line plot of named series (a moving average over ``smooth`` points when smooth > 1)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    for name, values in curves.items():
+        v = torch.as_tensor(list(values), dtype=torch.float64)
+        if smooth > 1 and len(v) >= smooth:
+            v = torch.nn.functional.avg_pool1d(v[None, None], smooth, stride=1)[0, 0]
+        ax.plot(range(len(v)), v.tolist(), label=name)
+    if logy:
+        ax.set_yscale("log")
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    if len(curves) > 1:
+        ax.legend()
+    fig.tight_layout()
+    plt.show()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# shipped checkpoints
+
+
+def shipped(name: str) -> Path:
+    """Path of a shipped checkpoint by name (``"shapes32-t2i"`` or ``"shapes32-t2i.safetensors"``)."""
+    file = name if name.endswith(".safetensors") else f"{name}.safetensors"
+    path = CHECKPOINTS / file
+    if not path.exists():
+        have = sorted(p.stem for p in CHECKPOINTS.glob("*.safetensors"))
+        raise FileNotFoundError(f"no shipped checkpoint {name!r} under {CHECKPOINTS}; the shipped ones are: "
+                                f"{', '.join(have)}. (In a fresh clone they are all there; git-lfs is not needed.)")
+    return path
+
+
+def load_shipped(name: str, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Load a shipped autoencoder or latent diffusion model in eval mode: ``(model, metadata)``."""
+    from .checkpoint import load_model
+
+    model, meta = load_model(shipped(name), device=device)
+    return model.eval(), meta
