@@ -138,7 +138,7 @@ def run_notebook(path: Path, out_dir: Path, mode: str = "FAST", timeout: float =
                  threads: int | None = None) -> dict[str, Any]:
     """Execute one notebook in a fresh kernel (its own folder as working directory) and time it.
 
-    Returns ``{"notebook", "mode", "wall_s", "kernel_cpu_s", "error"}``; the executed copy, outputs included,
+    Returns ``{"notebook", "mode", "wall_s", "kernel_cpu_s", "kernel_peak_rss_mb", "error"}``; the executed copy, outputs included,
     is written to ``out_dir`` (a run's output folder, never the source notebook).
     """
     import time
@@ -151,7 +151,7 @@ def run_notebook(path: Path, out_dir: Path, mode: str = "FAST", timeout: float =
     env = {"LDM_COURSE_MODE": mode, **({"LDM_COURSE_THREADS": str(threads)} if threads else {})}
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
                             resources={"metadata": {"path": str(path.parent)}})
-    error, usage = None, None
+    error, usage = None, {"kernel_cpu_s": None, "kernel_peak_rss_mb": None}
     start = time.perf_counter()
     with environment(**env):  # the kernel inherits the environment when it starts
         with client.setup_kernel():
@@ -159,18 +159,18 @@ def run_notebook(path: Path, out_dir: Path, mode: str = "FAST", timeout: float =
                 for index, cell in enumerate(nb.cells):
                     client.execute_cell(cell, index)
             except CellExecutionError as err:
-                error = str(err).strip().splitlines()[-1][:300]
+                error = f"cell {index}: {err.ename}: {err.evalue}"[:300]
             wall = time.perf_counter() - start
             probe = nbformat.v4.new_code_cell(
-                "import resource as _r; _u = _r.getrusage(_r.RUSAGE_SELF); print(_u.ru_utime + _u.ru_stime)")
+                "import resource as _r; _u = _r.getrusage(_r.RUSAGE_SELF); print(_u.ru_utime + _u.ru_stime, _u.ru_maxrss)")
             nb.cells.append(probe)
             client.execute_cell(probe, len(nb.cells) - 1)
             nb.cells.pop()
-            usage = float(probe.outputs[0]["text"].strip())
+            cpu_s, max_rss_kb = probe.outputs[0]["text"].split()  # Linux reports ru_maxrss in KiB
+            usage = {"kernel_cpu_s": round(float(cpu_s), 1), "kernel_peak_rss_mb": round(int(max_rss_kb) / 1024)}
     out_dir.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, out_dir / path.name)
-    return {"notebook": path.name, "mode": mode, "wall_s": round(wall, 1),
-            "kernel_cpu_s": None if usage is None else round(usage, 1), "error": error}
+    return {"notebook": path.name, "mode": mode, "wall_s": round(wall, 1), **usage, "error": error}
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -186,12 +186,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         r = run_notebook(path, Path(args.out), mode=args.mode.upper(), timeout=args.timeout, threads=args.threads)
         failed += r["error"] is not None
         print(f"{r['notebook']:<40} {r['mode']}  wall {r['wall_s']:7.1f} s  kernel CPU {r['kernel_cpu_s']} s"
+              f"  peak memory {r['kernel_peak_rss_mb']} MB"
               + (f"  ERROR {r['error']}" if r["error"] else ""), flush=True)
         if times_path and r["error"] is None:
             import platform
 
             times.setdefault(r["mode"], {})[r["notebook"]] = {
-                "wall_s": r["wall_s"], "kernel_cpu_s": r["kernel_cpu_s"],
+                "wall_s": r["wall_s"], "kernel_cpu_s": r["kernel_cpu_s"], "kernel_peak_rss_mb": r["kernel_peak_rss_mb"],
                 "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores", "threads": args.threads or "default"}
             times_path.write_text(json.dumps(times, indent=1, sort_keys=True) + "\n")
     print(f"executed copies in {args.out}" + (f"; times in {times_path}" if times_path else ""))

@@ -74,3 +74,24 @@ def test_build_check_and_never_overwriting_a_learners_edits(tmp_path, capsys):
     assert main(args + ["--force"]) == 0 and "Why, really?" in (stu / "05_ddpm.ipynb").read_text()
     with pytest.raises(CourseError, match="no .ipynb"):
         build(tmp_path / "empty", stu)
+
+
+def test_course_run_executes_times_and_reports_the_failing_cell(tmp_path, capsys):
+    import nbformat
+
+    good, bad = nbformat.v4.new_notebook(), nbformat.v4.new_notebook()
+    good.cells = [nbformat.v4.new_code_cell("import os\nprint(os.environ['LDM_COURSE_MODE'])")]
+    bad.cells = [nbformat.v4.new_code_cell("x = 1"), nbformat.v4.new_code_cell("raise ValueError('broken cell')")]
+    for name, nb in (("good.ipynb", good), ("bad.ipynb", bad)):
+        nbformat.write(nb, tmp_path / name)
+    times = tmp_path / "times.json"
+    code = main(["course", "run", str(tmp_path / "good.ipynb"), str(tmp_path / "bad.ipynb"),
+                 "--out", str(tmp_path / "out"), "--times", str(times), "--threads", "1"])
+    out = capsys.readouterr().out
+    assert code == 1 and "ERROR cell 1: ValueError: broken cell" in out
+    executed = nbformat.read(tmp_path / "out" / "good.ipynb", as_version=4)
+    assert executed.cells[0].outputs[0]["text"].strip() == "FAST"  # the kernel ran in the requested mode
+    recorded = json.loads(times.read_text())["FAST"]
+    assert list(recorded) == ["good.ipynb"]  # a failed run is not recorded as a timing
+    assert recorded["good.ipynb"]["wall_s"] > 0 and recorded["good.ipynb"]["kernel_peak_rss_mb"] > 10
+    assert nbformat.read(tmp_path / "bad.ipynb", as_version=4) == bad  # the source notebook is untouched
