@@ -46,12 +46,13 @@ def _error_of(cell: Any) -> str | None:
 
 
 def grade_notebook(submission: str | Path, solution: str | Path | None = None, cell_timeout: float = 120,
-                   total_timeout: float = 900, kernel: str = "python3", mode: str = "FAST") -> dict[str, Any]:
+                   total_timeout: float = 900, kernel: str = "python3", mode: str = "FAST", threads: int | None = None) -> dict[str, Any]:
     """Grade one submission; returns {"submission", "exercises": [{grade_id, points, max_points, feedback}],
     "total", "max_total", "seconds"}.
 
     The kernel runs the course in ``mode`` (FAST by default, also on a GPU machine: grading needs the hidden
-    tests, not the FULL training runs)."""
+    tests, not the FULL training runs); ``threads`` sets the kernel's torch CPU threads (``LDM_COURSE_THREADS``),
+    one per submission being the right choice when several are graded side by side."""
     import nbformat
     from nbclient import NotebookClient
 
@@ -79,7 +80,8 @@ def grade_notebook(submission: str | Path, solution: str | Path | None = None, c
         work = Path(tmp)  # an empty working folder: relative paths cannot reach anyone's files
         client = NotebookClient(nb, timeout=int(cell_timeout), kernel_name=kernel, allow_errors=True,
                                 interrupt_on_timeout=True, resources={"metadata": {"path": str(work)}})
-        with environment(LDM_COURSE_MODE=mode), client.setup_kernel():  # the kernel inherits the environment
+        env = {"LDM_COURSE_MODE": mode, **({"LDM_COURSE_THREADS": str(threads)} if threads else {})}
+        with environment(**env), client.setup_kernel():  # the kernel inherits the environment
             for index, cell in enumerate(nb.cells):
                 if cell.cell_type != "code":
                     continue
@@ -120,7 +122,7 @@ def cmd_grade(args: argparse.Namespace) -> int:
         raise FileExistsError(f"{', '.join(existing)} already exist. Pass --overwrite or choose another --out.")
     results = []
     for sub in args.submissions:
-        r = grade_notebook(sub, args.solution, args.cell_timeout, args.total_timeout, mode=args.mode)
+        r = grade_notebook(sub, args.solution, args.cell_timeout, args.total_timeout, mode=args.mode, threads=args.threads)
         results.append(r)
         print(f"{Path(sub).name}: {r['total']:g} / {r['max_total']:g} points ({r['seconds']} s)")
         for e in r["exercises"]:
@@ -146,5 +148,6 @@ def add_grade_command(sub) -> None:
     g.add_argument("--cell-timeout", type=float, default=120, help="seconds a cell may run before it is interrupted")
     g.add_argument("--total-timeout", type=float, default=900, help="seconds for the whole notebook")
     g.add_argument("--mode", default="FAST", choices=["FAST", "FULL"], help="the course mode the kernel runs in")
+    g.add_argument("--threads", type=int, default=None, help="torch CPU threads in each kernel (default: all cores)")
     g.add_argument("--overwrite", action="store_true", help="replace existing grade files")
     g.set_defaults(func=cmd_grade)

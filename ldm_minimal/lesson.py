@@ -153,7 +153,8 @@ def check(name: str, submitted: Any, test: Callable[[Any], Any], reference: Any 
     if hint and status == "wrong":
         print(f"   Hint: {hint}")
     if reference is not None:
-        print(f"   The rest of this notebook uses the package's {_qualname(reference)} instead, so you can run on; "
+        print(f"   The rest of this notebook uses the package's implementation ({_qualname(reference)}) instead, so you "
+              "can run on; "
               "fix your answer and run the exercise and this cell again to use yours.")
         return reference
     print("   (No fallback for this one: the cells that use it will show the problem too.)")

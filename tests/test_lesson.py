@@ -52,7 +52,7 @@ def test_an_unsolved_exercise_falls_back_to_the_package_with_a_note_and_fails_it
 
     assert lesson.check("double", stub, _doubles, reference=reference, hint="multiply") is reference
     out = capsys.readouterr().out
-    assert "⏳ double: not done yet" in out and "test_lesson.reference instead" in out and "Hint" not in out
+    assert "⏳ double: not done yet" in out and "(test_lesson.reference) instead" in out and "Hint" not in out
     with pytest.raises(AssertionError, match="not done yet"):
         lesson.hidden_test("double")
 
