@@ -204,35 +204,41 @@ def _plt():
     return plt
 
 
-def show_images(x: torch.Tensor, nrow: int = 8, title: str | None = None, scale: float = 1.0, ax: Any = None) -> Any:
-    """Show a batch (B, C, H, W) in [-1, 1] as one grid; returns the matplotlib axes."""
+def show_images(x: torch.Tensor, nrow: int = 8, title: str | None = None, scale: float = 1.0, ax: Any = None) -> None:
+    """Show a batch (B, C, H, W) in [-1, 1] as one grid (on ``ax`` when given, else in a figure of its own)."""
     plt = _plt()
     grid = image_grid(x.detach().float().cpu(), nrow=nrow)
-    if ax is None:
+    own = ax is None
+    if own:
         h, w = grid.shape[:2]
         _, ax = plt.subplots(figsize=(max(2.0, scale * w / 40), max(1.5, scale * h / 40)))
     ax.imshow(grid.squeeze(-1) if grid.shape[-1] == 1 else grid, cmap="gray" if grid.shape[-1] == 1 else None)
     ax.set_axis_off()
     if title:
         ax.set_title(title)
-    if ax.figure is not None and ax.figure.axes == [ax]:
+    if own:
         plt.show()
-    return ax
 
 
 def show_rows(rows: Sequence[tuple[str, torch.Tensor]], title: str | None = None, scale: float = 1.0) -> None:
-    """One labelled row of pictures per (label, images (B, C, H, W) in [-1, 1])."""
+    """One labelled row of pictures per (label, images (B, C, H, W) in [-1, 1]); labels sit left of the rows."""
     plt = _plt()
     n = max(r[1].shape[0] for r in rows)
-    fig, axes = plt.subplots(len(rows), 1, figsize=(max(3.0, scale * 0.9 * n), scale * 1.05 * len(rows) + 0.4),
-                             squeeze=False)
-    for ax, (label, images) in zip(axes[:, 0], rows):
-        ax.imshow(image_grid(images.detach().float().cpu(), nrow=n))
+    grids = [image_grid(images.detach().float().cpu(), nrow=n) for _, images in rows]
+    label_in = 0.075 * max(len(label) for label, _ in rows) + 0.1  # inches of text at fontsize 9
+    image_w = scale * 0.9 * n  # inches for the pictures
+    aspect = max(g.shape[0] / g.shape[1] for g in grids)
+    row_h = image_w * aspect
+    title_h = 0.35 if title else 0.05
+    fig = plt.figure(figsize=(label_in + image_w, row_h * len(rows) + title_h))
+    for i, ((label, _), grid) in enumerate(zip(rows, grids)):
+        bottom = 1 - (title_h + row_h * (i + 1)) / fig.get_figheight()
+        ax = fig.add_axes((label_in / fig.get_figwidth(), bottom, image_w / fig.get_figwidth(), row_h / fig.get_figheight()))
+        ax.imshow(grid)
         ax.set_axis_off()
         ax.text(-0.01, 0.5, label, transform=ax.transAxes, ha="right", va="center", fontsize=9)
     if title:
-        fig.suptitle(title)
-    fig.tight_layout()
+        fig.suptitle(title, y=1 - 0.05 / fig.get_figheight(), va="top")
     plt.show()
 
 
