@@ -196,3 +196,17 @@ def test_inception_features_fail_clearly_offline(t2i_ckpt):
         pass
     with pytest.raises(FeatureNetworkUnavailable, match="pip install torch-fidelity"):
         evaluate(t2i_ckpt, "single32", n=8, steps=2, classifier="inception")
+
+
+@pytest.mark.parametrize("kind", ["class", "layout"])
+def test_shipped_quality_of_class_and_layout_models_reads_the_judge(kind, tmp_path):
+    from ldm_minimal.experiments.shipped_quality import class_quality, layout_quality
+
+    m = micro(f"shapes-{kind}")
+    m.scale_factor.fill_(1.0)
+    m.scale_factor_set.fill_(True)
+    path = save_ldm(tmp_path / f"{kind}.safetensors", m)
+    result = (class_quality if kind == "class" else layout_quality)(path, n=3, steps=2)
+    assert result["n"] == 3 and result["ddim_steps"] == 2
+    keys = {"shape", "colour", "shape_and_colour"} | ({"size", "position", "all"} if kind == "layout" else set())
+    assert set(result["judge"]) == keys and all(0.0 <= v <= 1.0 for v in result["judge"].values())

@@ -10,6 +10,11 @@
 - ``inpaint``  (Sec. 4.5) single-object pictures whose object is half covered by the hole (the left or right half
                of its box): can the model complete the shape in its colour? The judge's accuracy on the results,
                next to filling the hole with the background colour; PSNR inside the hole.
+- ``class``    class-conditional synthesis (Sec. 4.3.1): one sample per held-out single-object picture's class
+               (shape x colour); the judge's shape and colour accuracy.
+- ``layout``   layout-to-image (Sec. 4.3.1, App. D.3): one sample per held-out single-object picture's layout (its
+               object's class and pixel box); the judge's shape, colour, size and position accuracy, the last two
+               being what a caption-conditioned model of this course does not learn (position at chance, 1 in 9).
 - ``t2i``      see ``ldm_minimal.experiments.t2i_from_scratch`` (attribute accuracy for single-object prompts).
 """
 
@@ -35,11 +40,12 @@ def _single(n: int) -> tuple[torch.Tensor, list[dict], list[str]]:
     return images, [o[0] for o in objects], [caption_for(o) for o in objects]
 
 
-def _judge(images: torch.Tensor, captions: list[str]) -> dict[str, float]:
+def _judge(images: torch.Tensor, captions: list[str],
+           keys: tuple[str, ...] = ("shape", "colour", "shape_and_colour", "size")) -> dict[str, float]:
     from ldm_minimal.attributes import attribute_accuracy, load_attribute_classifier
 
     acc = attribute_accuracy(load_attribute_classifier(), images, captions)
-    return {k: round(float(v), 4) for k, v in acc.items() if k in ("shape", "colour", "shape_and_colour", "size")}
+    return {k: round(float(v), 4) for k, v in acc.items() if k in keys}
 
 
 @torch.no_grad()
@@ -116,15 +122,46 @@ def inpaint_quality(path: str | Path, n: int = N_EVAL, steps: int = 50) -> dict[
             "background_fill": {"judge": _judge(background_fill, captions), "psnr_in_hole": hole_psnr(background_fill)}}
 
 
+@torch.no_grad()
+def class_quality(path: str | Path, n: int = N_EVAL, steps: int = 50) -> dict[str, Any]:
+    from ldm_minimal.checkpoint import load_ldm
+    from ldm_minimal.data.shapes import class_id_for
+    from ldm_minimal.generate import class_to_image
+
+    ldm, _ = load_ldm(path)
+    _, objects, captions = _single(n)
+    ids = [class_id_for(o["shape"], o["colour"]) for o in objects]
+    samples = torch.cat([class_to_image(ldm, ids[i:i + 128], guidance=3.0, steps=steps, seed=i)
+                         for i in range(0, n, 128)])
+    return {"n": n, "ddim_steps": steps, "guidance": 3.0, "classes": "those of held-out single-object pictures",
+            "judge": _judge(samples, captions, keys=("shape", "colour", "shape_and_colour"))}
+
+
+@torch.no_grad()
+def layout_quality(path: str | Path, n: int = N_EVAL, steps: int = 50) -> dict[str, Any]:
+    from ldm_minimal.checkpoint import load_ldm
+    from ldm_minimal.generate import layout_to_image
+
+    ldm, _ = load_ldm(path)
+    _, objects, captions = _single(n)
+    layouts = [[{"shape": o["shape"], "colour": o["colour"], "bbox": list(o["bbox"])}] for o in objects]
+    samples = torch.cat([layout_to_image(ldm, layouts[i:i + 128], guidance=3.0, steps=steps, seed=i)
+                         for i in range(0, n, 128)])
+    return {"n": n, "ddim_steps": steps, "guidance": 3.0,
+            "layouts": "one box each: the object of a held-out single-object picture",
+            "judge": _judge(samples, captions, keys=("shape", "colour", "shape_and_colour", "size", "position", "all"))}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--kind", choices=["ae", "sr", "inpaint"], required=True)
+    p.add_argument("--kind", choices=["ae", "sr", "inpaint", "class", "layout"], required=True)
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--n", type=int, default=N_EVAL)
     p.add_argument("--out", help="write the result as JSON here")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
-    fn = {"ae": ae_quality, "sr": sr_quality, "inpaint": inpaint_quality}[args.kind]
+    fn = {"ae": ae_quality, "sr": sr_quality, "inpaint": inpaint_quality, "class": class_quality,
+          "layout": layout_quality}[args.kind]
     result = fn(args.checkpoint, n=args.n)
     text = json.dumps(result, indent=2)
     print(text)
