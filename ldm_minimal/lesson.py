@@ -88,6 +88,18 @@ class Lesson:
         print(f"'{self.title}' ran in {wall:.1f} s wall time ({cpu:.1f} s CPU) in {self.mode} mode on {self.device}.")
 
 
+def _inline_figures() -> None:
+    """In a Jupyter kernel, draw figures inline even where MPLBACKEND says otherwise (CI sets it to Agg, which the
+    kernels of nbval and of a test-started JupyterLab inherit: the figures would silently not be drawn)."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    shell = get_ipython()
+    if shell is not None and type(shell).__name__ == "ZMQInteractiveShell":
+        shell.run_line_magic("matplotlib", "inline")
+
+
 def setup(title: str, seed: int = 0, mode: str | None = None, device: str | torch.device | None = None) -> Lesson:
     """Seed everything, pick the mode and device, set plotting defaults, and print what was chosen."""
     mode = (mode or default_mode()).upper()
@@ -100,12 +112,10 @@ def setup(title: str, seed: int = 0, mode: str | None = None, device: str | torc
         torch.set_num_threads(int(threads))
     seed_everything(seed)
     RESULTS.clear()
-    try:
-        import matplotlib as mpl
+    _inline_figures()
+    import matplotlib as mpl
 
-        mpl.rcParams.update({"figure.dpi": 100, "axes.grid": False, "image.interpolation": "nearest"})
-    except ImportError:  # pragma: no cover - matplotlib is a required dependency
-        pass
+    mpl.rcParams.update({"figure.dpi": 100, "axes.grid": False, "image.interpolation": "nearest"})
     lesson = Lesson(title=title, mode=mode, device=torch.device(device), seed=seed)
     from . import __version__
 

@@ -130,10 +130,22 @@ def test_notebook_runs_in_jupyterlab_and_its_widget_renders(jupyterlab):
                                   " .jupyter-widgets.widget-toggle-buttons, .jupyter-widgets.widget-select")
             widget.first.wait_for(state="visible", timeout=30_000)
             widget.first.scroll_into_view_if_needed()
+            # the control is live: its output (a figure drawn by the kernel through the widget) is on the page
+            drawn = page.locator(".widget-interact .jp-OutputArea-output img")
+            drawn.first.wait_for(state="visible", timeout=30_000)
+            # and it answers: picking another option makes the kernel draw a different figure
+            select = page.locator(".widget-interact select").first
+            if select.count():
+                before = drawn.first.get_attribute("src")
+                options = select.locator("option").all_inner_texts()
+                select.select_option(label=options[-1])
+                page.wait_for_function(
+                    "(before) => { const img = document.querySelector('.widget-interact .jp-OutputArea-output img');"
+                    " return img && img.getAttribute('src') !== before; }", arg=before, timeout=30_000)
             shot = SCREENSHOTS / f"{NOTEBOOK.stem}.png"
             page.screenshot(path=str(shot))
             assert errors == 0, f"{errors} cell(s) showed a traceback in the browser; see {shot}"
-            assert widget.count() >= 1
+            assert widget.count() >= 1 and drawn.count() >= 1
             assert shot.stat().st_size > 10_000, "the screenshot is suspiciously small (blank page?)"
         finally:
             browser.close()
