@@ -231,24 +231,29 @@ def show_images(x: torch.Tensor, nrow: int = 8, title: str | None = None, scale:
 
 
 def show_rows(rows: Sequence[tuple[str, torch.Tensor]], title: str | None = None, scale: float = 1.0) -> None:
-    """One labelled row of pictures per (label, images (B, C, H, W) in [-1, 1]); labels sit left of the rows."""
+    """One labelled row of pictures per (label, images (B, C, H, W) in [-1, 1]); labels sit left of the rows.
+
+    Every picture is drawn at the same size, so a row of one picture is as tall as a row of eight."""
     plt = _plt()
     n = max(r[1].shape[0] for r in rows)
     grids = [image_grid(images.detach().float().cpu(), nrow=n) for _, images in rows]
     label_in = 0.075 * max(len(label) for label, _ in rows) + 0.1  # inches of text at fontsize 9
-    image_w = scale * 0.9 * n  # inches for the pictures
-    aspect = max(g.shape[0] / g.shape[1] for g in grids)
-    row_h = image_w * aspect
-    title_h = 0.35 if title else 0.05
-    fig = plt.figure(figsize=(label_in + image_w, row_h * len(rows) + title_h))
-    for i, ((label, _), grid) in enumerate(zip(rows, grids)):
-        bottom = 1 - (title_h + row_h * (i + 1)) / fig.get_figheight()
-        ax = fig.add_axes((label_in / fig.get_figwidth(), bottom, image_w / fig.get_figwidth(), row_h / fig.get_figheight()))
+    inch_per_px = scale * 0.9 * n / max(g.shape[1] for g in grids)  # the widest row spans 0.9 * scale inches a picture
+    gap, title_h = 0.08, (0.35 if title else 0.05)
+    heights = [g.shape[0] * inch_per_px for g in grids]
+    fig_w = label_in + max(g.shape[1] for g in grids) * inch_per_px
+    fig_h = title_h + sum(heights) + gap * (len(rows) - 1)
+    fig = plt.figure(figsize=(fig_w, fig_h))
+    top = fig_h - title_h
+    for (label, _), grid, h in zip(rows, grids, heights):
+        top -= h
+        ax = fig.add_axes((label_in / fig_w, top / fig_h, grid.shape[1] * inch_per_px / fig_w, h / fig_h))
+        top -= gap
         ax.imshow(grid)
         ax.set_axis_off()
         ax.text(-0.01, 0.5, label, transform=ax.transAxes, ha="right", va="center", fontsize=9)
     if title:
-        fig.suptitle(title, y=1 - 0.05 / fig.get_figheight(), va="top")
+        fig.suptitle(title, y=1 - 0.05 / fig_h, va="top")
     plt.show()
 
 

@@ -83,3 +83,21 @@ def test_shipped_checkpoints_load_and_a_wrong_name_lists_the_real_ones():
     assert not model.training and meta
     with pytest.raises(FileNotFoundError, match="shapes32-kl-f4"):
         lesson.shipped("shapes32-kl-f8")
+
+
+def test_picture_helpers_draw_rows_of_equal_height(monkeypatch):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figures = []
+    monkeypatch.setattr(plt, "show", lambda: figures.append(plt.gcf()))
+    x = torch.rand(8, 3, 32, 32) * 2 - 1
+    lesson.show_rows([("eight", x), ("one", x[:1])], title="rows")
+    heights = [ax.get_position().height for ax in figures[-1].axes]
+    assert len(heights) == 2 and abs(heights[0] - heights[1]) < 1e-6, "a row of one picture is as tall as a row of eight"
+    lesson.show_images(x, nrow=4, title="grid")
+    lesson.plot_curves({"loss": [1.0, 0.5, 0.25]}, logy=True)
+    assert len(figures) == 3
+    plt.close("all")
