@@ -58,7 +58,9 @@ def test_shipped_latent_diffusion_model_loads_and_samples(name):
     cond = ldm.cfg.conditioner
     if cond in ("text-joint", "text-frozen"):
         batch = {"caption": ["a large red circle in the center", "grinning face"]}
-    else:  # concat conditions (low-resolution image, masked image): from held-out pictures
+    elif cond == "class":
+        batch = {"class_id": torch.tensor([0, 39])}
+    else:  # layouts and concat conditions (low-resolution image, masked image): from held-out pictures
         ds = ShapesDataset(shapes_preset("shapes32", seed=1_000_000), length=2)
         batch = collate([ds[i] for i in range(2)])
         if cond == "inpaint":
