@@ -1,0 +1,648 @@
+"""Our from-scratch models against Hugging Face diffusers at the same architecture and size (issue 7).
+
+Matched pairs (parameter counts asserted equal within 1%, printed side by side):
+- UNet: ours vs ``UNet2DConditionModel`` built by ``diffusers_unet_like(cfg)`` (same widths, levels, attention
+  placement, heads, context width, time-embedding width, GroupNorm groups, scale-shift norm). Our weights are copied
+  into it, so both compute the same function (checked on one forward pass).
+- autoencoder: ours vs ``AutoencoderKL`` built by ``diffusers_vae_like(cfg)``.
+- sampling, 50 DDIM steps with classifier-free guidance (scale 3) at batch B:
+  (a) our ``ddim_sample`` on our UNet, (b) diffusers' ``DDIMScheduler`` driving our UNet with the same guidance,
+  (c) diffusers' ``StableDiffusionPipeline`` (prompt embeddings given, latent output) on the matched UNet.
+  All three start from the same x_T; the max |difference| of their samples is recorded as a correctness check.
+
+Every timing is the median of R repeats after one warm-up, ours and theirs interleaved repeat by repeat, on the same
+random inputs. On the CPU the clock is process CPU time (``time.process_time``; with --threads 1 this is what one
+core spends, and it is barely disturbed by other processes); on CUDA it is wall time with synchronisation.
+Forward-only passes run under ``torch.inference_mode``. Ratios are ours_throughput / theirs_throughput
+(> 1 = we are faster; for sampling, theirs_seconds / ours_seconds).
+
+Peak memory: CUDA: ``torch.cuda.max_memory_allocated`` above the allocation before the step. CPU: tracemalloc does
+not see torch's allocations, and ``ru_maxrss`` is a process-lifetime high-water mark, so we reset the kernel's
+high-water mark (``echo 5 > /proc/self/clear_refs``) before one step and read ``VmHWM - VmRSS`` (peak resident
+memory above the level before the step) afterwards. These CPU measurements run last, after every timing, with glibc's
+mmap threshold set to 64 KiB (``mallopt``) so that freed tensors leave the resident set instead of staying in the
+heap. On a non-Linux machine the CPU memory rows are skipped with a reason.
+
+    python benchmarks/peer.py --threads 1                 # full run -> docs/results/peer.json (+ markdown table)
+    python benchmarks/peer.py --quick --out /tmp/peer.json  # smoke run: tiny size, 1 repeat, batch 2, 10 steps
+
+With --quick and no --out the file goes to docs/results/quick/peer.json. An existing --out file is kept unless --overwrite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import gc
+import json
+import os
+import platform
+import re
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from ldm_minimal.autoencoder import AutoencoderConfig, AutoencoderKL, autoencoder_config, num_groups  # noqa: E402
+from ldm_minimal.diffusion import GaussianDiffusion  # noqa: E402
+from ldm_minimal.latent_diffusion import ldm_config  # noqa: E402
+from ldm_minimal.samplers import ddim_sample, ddim_timesteps  # noqa: E402
+from ldm_minimal.unet import UNet, UNetConfig, unet_config  # noqa: E402
+
+PARAM_TOLERANCE = 0.01  # matched parameter counts must agree within 1%
+
+
+# ============================================================================================== matched builders
+def _unet_block_types(cfg: UNetConfig) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    attn = [2**level in cfg.attention_factors for level in range(cfg.levels)]
+    down = tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attn)
+    up = tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn))
+    return down, up
+
+
+def diffusers_unet_like(cfg: UNetConfig):
+    """A diffusers ``UNet2DConditionModel`` with our UNet's architecture (same layers, same parameter count).
+
+    - block_out_channels = model_channels * channel_mult, layers_per_block = num_res_blocks (diffusers' up blocks
+      have layers_per_block + 1 ResNets, like ours);
+    - CrossAttn blocks exactly at our attention levels; the mid block always has one (as ours does);
+    - heads: diffusers' ``attention_head_dim`` argument is, for historical reasons, the NUMBER of heads
+      (diffusers issue 2011); we pass our per-level head count (width // dim_head, or num_heads), one per level;
+    - cross_attention_dim = context_dim, transformer_layers_per_block = transformer_depth;
+    - resnet_time_scale_shift = "scale_shift" if use_scale_shift_norm else "default";
+    - norm_num_groups = our norm_groups (8 in the tiny preset, 32 elsewhere: our UNet uses one group count for every
+      GroupNorm, as diffusers does, so the layers are identical, GroupNorm statistics included);
+    - time embedding: sinusoid of width model_channels, cosines first (flip_sin_to_cos=True, freq_shift=0), then
+      Linear(mc, 4 mc), SiLU, Linear(4 mc, 4 mc): diffusers' default time_embedding_dim = 4 * block_out_channels[0];
+    - class-conditional models: num_class_embeds = num_classes + 1 (our extra row is the null class).
+    Remaining difference: none in the parameters (same names up to layout, see ``our_unet_to_diffusers``). In the
+    computation, diffusers' self-attention and ours both use SDPA; ours validates its inputs on every call.
+    """
+    from diffusers import UNet2DConditionModel
+
+    if cfg.context_dim is None:
+        raise ValueError("diffusers_unet_like needs a UNet with cross-attention (context_dim set): a diffusers "
+                         "UNet2DConditionModel always has cross-attention.")
+    widths = tuple(cfg.model_channels * m for m in cfg.channel_mult)
+    heads = tuple(cfg.heads_for(w)[0] for w in widths)
+    down, up = _unet_block_types(cfg)
+    return UNet2DConditionModel(
+        sample_size=None, in_channels=cfg.in_channels, out_channels=cfg.out_channels,
+        block_out_channels=widths, layers_per_block=cfg.num_res_blocks,
+        down_block_types=down, up_block_types=up, mid_block_type="UNetMidBlock2DCrossAttn",
+        attention_head_dim=heads, cross_attention_dim=cfg.context_dim,
+        transformer_layers_per_block=cfg.transformer_depth, norm_num_groups=cfg.norm_groups, norm_eps=1e-5,
+        resnet_time_scale_shift="scale_shift" if cfg.use_scale_shift_norm else "default",
+        flip_sin_to_cos=True, freq_shift=0, time_embedding_dim=4 * cfg.model_channels,
+        num_class_embeds=None if cfg.num_classes is None else cfg.num_classes + 1,
+        dropout=cfg.dropout, use_linear_projection=False, upcast_attention=False,
+    )
+
+
+def our_unet_to_diffusers(model: UNet) -> dict[str, str]:
+    """Our UNet's state-dict names -> the matched diffusers UNet's names (the mapping of tests/test_unet.py)."""
+    cfg = model.cfg
+    prefixes = {
+        "time_embed.0.": "time_embedding.linear_1.", "time_embed.2.": "time_embedding.linear_2.",
+        "class_embed.": "class_embedding.", "norm_out.": "conv_norm_out.",
+        "mid.0.": "mid_block.resnets.0.", "mid.1.": "mid_block.attentions.0.", "mid.2.": "mid_block.resnets.1.",
+    }
+    k = 0
+    for level in range(cfg.levels):
+        for j in range(cfg.num_res_blocks):
+            prefixes[f"down.{k}.0."] = f"down_blocks.{level}.resnets.{j}."
+            prefixes[f"down.{k}.1."] = f"down_blocks.{level}.attentions.{j}."
+            k += 1
+        if level != cfg.levels - 1:
+            prefixes[f"down.{k}.0."] = f"down_blocks.{level}.downsamplers.0."
+            k += 1
+    for k, block in enumerate(model.up):
+        level, j = divmod(k, cfg.num_res_blocks + 1)
+        prefixes[f"up.{k}.0."] = f"up_blocks.{level}.resnets.{j}."
+        for i, layer in enumerate(block):
+            kind = type(layer).__name__
+            if kind == "SpatialTransformer":
+                prefixes[f"up.{k}.{i}."] = f"up_blocks.{level}.attentions.{j}."
+            elif kind == "Upsample":
+                prefixes[f"up.{k}.{i}."] = f"up_blocks.{level}.upsamplers.0."
+    names = {}
+    for name in model.state_dict():
+        new = name
+        for a, b in prefixes.items():
+            if name.startswith(a):
+                new = b + name[len(a):]
+                break
+        for a, b in ((".emb_proj.", ".time_emb_proj."), (".skip.", ".conv_shortcut."), (".blocks.", ".transformer_blocks.")):
+            new = new.replace(a, b)
+        names[name] = new
+    return names
+
+
+def diffusers_vae_like(cfg: AutoencoderConfig):
+    """A diffusers ``AutoencoderKL`` with our KL autoencoder's architecture (same parameter count).
+
+    block_out_channels = ch * ch_mult, layers_per_block = num_res_blocks (the decoder has one more per level in
+    both), latent_channels = embed_dim (= z_channels in every preset), mid-block attention (single head) in both,
+    Attn*Block2D at our attn_resolutions. GroupNorm: ours uses num_groups(width) per layer (32 at widths >= 128, as
+    diffusers; at the tiny widths 32 -> 8 groups and 64 -> 16 groups, at least 4 channels a group); diffusers has one
+    norm_num_groups for every layer, so we pass the largest count that divides every width and is <= ours at the
+    narrowest (8 for the tiny presets). GroupNorm's group count changes no parameter (the affine map is per
+    channel) and next to nothing of the cost. Our 1x1-conv q/k/v/proj of the mid attention are diffusers' Linear
+    layers (same parameters).
+    """
+    from diffusers import AutoencoderKL as DiffusersAutoencoderKL
+
+    if cfg.kind != "kl":
+        raise ValueError("diffusers_vae_like maps KL autoencoders only.")
+    if cfg.z_channels != cfg.embed_dim:
+        raise ValueError("diffusers' AutoencoderKL has one latent width: needs z_channels == embed_dim.")
+    widths = tuple(cfg.ch * m for m in cfg.ch_mult)
+    groups = min(num_groups(w) for w in widths)
+    while any(w % groups for w in widths):
+        groups -= 1
+    attn = [2**i in cfg.attn_resolutions for i in range(len(widths))]
+    return DiffusersAutoencoderKL(
+        in_channels=cfg.in_channels, out_channels=cfg.out_channels, block_out_channels=widths,
+        down_block_types=tuple("AttnDownEncoderBlock2D" if a else "DownEncoderBlock2D" for a in attn),
+        up_block_types=tuple("AttnUpDecoderBlock2D" if a else "UpDecoderBlock2D" for a in reversed(attn)),
+        layers_per_block=cfg.num_res_blocks, latent_channels=cfg.embed_dim, norm_num_groups=groups,
+        act_fn="silu", mid_block_add_attention=True,
+    )
+
+
+def n_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def check_params(kind: str, ours: int, theirs: int) -> dict:
+    rel = abs(ours - theirs) / theirs
+    print(f"[params] {kind}: ours {ours:,} vs diffusers {theirs:,} (relative difference {rel:.2e})")
+    assert rel <= PARAM_TOLERANCE, f"{kind}: parameter counts differ by {rel:.2%} (> 1%): the configs are not matched"
+    return {"ours": ours, "theirs": theirs, "relative_difference": rel}
+
+
+# ============================================================================================== timing helpers
+class Clock:
+    """CUDA: synchronised wall time. CPU with one thread: process CPU time. CPU with several threads: wall time
+    (process time would add up the threads' CPU time instead of measuring throughput)."""
+
+    def __init__(self, device: torch.device, threads: int) -> None:
+        self.device = device
+        self.cpu_time = device.type == "cpu" and threads == 1
+        self.name = ("process CPU time" if self.cpu_time else
+                     "wall time (CUDA synchronised)" if device.type == "cuda" else "wall time")
+
+    def __call__(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.process_time() if self.cpu_time else time.perf_counter()
+
+
+def time_pair(fn_ours, fn_theirs, clock: Clock, repeats: int, warmup: int = 1) -> tuple[float, float]:
+    """Median seconds per call of each function, repeats interleaved (ours, theirs, ours, ...)."""
+    for _ in range(warmup):
+        fn_ours()
+        fn_theirs()
+    a, b = [], []
+    for _ in range(repeats):
+        for fn, acc in ((fn_ours, a), (fn_theirs, b)):
+            t0 = clock()
+            fn()
+            acc.append(clock() - t0)
+    return statistics.median(a), statistics.median(b)
+
+
+def throughput_row(name: str, size: str, batch: int, s_ours: float, s_theirs: float, extra: dict | None = None) -> dict:
+    ours, theirs = batch / s_ours, batch / s_theirs
+    row = {"measurement": name, "size": size, "batch": batch, "unit": "images/s", "ours": ours, "theirs": theirs,
+           "ratio": ours / theirs, "ours_seconds_per_batch": s_ours, "theirs_seconds_per_batch": s_theirs}
+    row.update(extra or {})
+    return row
+
+
+# ============================================================================================== CPU peak memory
+class CpuPeak:
+    """Peak resident memory of one call above the resident level before it (Linux: VmHWM reset via clear_refs)."""
+
+    def __init__(self) -> None:
+        self.reason = None
+        if not sys.platform.startswith("linux"):
+            self.reason = "CPU peak memory needs Linux (/proc/self/clear_refs); skipped"
+            return
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+        except OSError as e:
+            self.reason = f"cannot reset the resident high-water mark ({e}); skipped"
+            return
+        try:
+            libc = ctypes.CDLL("libc.so.6")
+            libc.mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD: tensors >= 64 KiB get their own mapping, freed to the OS
+            libc.mallopt(-1, 64 * 1024)  # M_TRIM_THRESHOLD
+            self._trim = lambda: libc.malloc_trim(0)
+        except OSError:
+            self._trim = lambda: None
+
+    @staticmethod
+    def _status_kb(key: str) -> int:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+        raise KeyError(key)
+
+    def __call__(self, fn) -> int:
+        gc.collect()
+        self._trim()
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        before = self._status_kb("VmRSS")
+        fn()
+        peak = self._status_kb("VmHWM")
+        return max(0, peak - before) * 1024
+
+
+def peak_bytes(fn, device: torch.device, cpu_peak: CpuPeak | None) -> int | None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        gc.collect()
+        torch.cuda.empty_cache()
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - base
+    if cpu_peak is None or cpu_peak.reason:
+        return None
+    fn()  # warm-up outside the measured window (lazy initialisations)
+    return cpu_peak(fn)
+
+
+# ============================================================================================== UNet
+SIZES = {
+    # latent 16x16 with the shapes-t2i context (tokens x width); batch on CPU / on CUDA
+    "tiny": {"preset": "tiny", "latent": 16, "batch_cpu": 8, "batch_cuda": 64},
+    "default": {"preset": "default", "latent": 16, "batch_cpu": 4, "batch_cuda": 32},
+}
+
+
+def t2i_context_shape() -> tuple[int, int]:
+    """(tokens, width) of the shapes-t2i conditioner: max_length and width of its text encoder."""
+    kw = ldm_config("shapes-t2i").conditioner_kwargs
+    return int(kw["max_length"]), int(kw["width"])
+
+
+def _perturb(model: torch.nn.Module, seed: int) -> None:
+    """Random weights everywhere (our zero-initialised output layers would make every output exactly 0)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim > 1:  # conv / linear / embedding: variance-preserving normal
+                p.copy_(torch.randn(p.shape, generator=g) * p[0].numel() ** -0.5)
+            elif name.endswith("weight"):  # norm scales near 1
+                p.copy_(1 + 0.02 * torch.randn(p.shape, generator=g))
+            else:  # biases near 0
+                p.copy_(0.02 * torch.randn(p.shape, generator=g))
+
+
+def build_unet_pair(size: str, device: torch.device, seed: int = 0):
+    tokens, width = t2i_context_shape()
+    cfg = unet_config(SIZES[size]["preset"], context_dim=width)
+    torch.manual_seed(seed)
+    ours = UNet(cfg)
+    _perturb(ours, seed)
+    theirs = diffusers_unet_like(cfg)
+    names = our_unet_to_diffusers(ours)
+    their_sd = theirs.state_dict()
+    if sorted(names.values()) == sorted(their_sd):
+        theirs.load_state_dict({names[n]: v for n, v in ours.state_dict().items()})
+        same_weights = True
+    else:  # not expected for the presets: the architectures would differ in layout (the param check still runs)
+        same_weights = False
+    return cfg, ours.to(device).eval(), theirs.to(device).eval(), same_weights, (tokens, width)
+
+
+def unet_rows(size: str, batch: int, device: torch.device, clock: Clock, repeats: int, mem: list) -> tuple[list, dict]:
+    cfg, ours, theirs, same_weights, (tokens, width) = build_unet_pair(size, device)
+    params = check_params(f"UNet {size}", n_params(ours), n_params(theirs))
+    g = torch.Generator().manual_seed(1)
+    h = SIZES[size]["latent"]
+    x = torch.randn(batch, cfg.in_channels, h, h, generator=g).to(device)
+    t = torch.randint(0, 1000, (batch,), generator=g).to(device)
+    ctx = torch.randn(batch, tokens, width, generator=g).to(device)
+
+    with torch.inference_mode():
+        a, b = ours(x, t, ctx), theirs(x, t, ctx, return_dict=False)[0]
+    max_diff = float((a - b).abs().max())
+    info = {"params": params, "same_weights": same_weights, "forward_max_abs_difference": max_diff,
+            "forward_output_max_abs": float(a.abs().max()),
+            "config": cfg.to_dict(), "input": f"{cfg.in_channels}x{h}x{h} + context {tokens}x{width}"}
+    print(f"[check] UNet {size}: same weights={same_weights}, forward max |ours - diffusers| = {max_diff:.2e} "
+          f"(output max |eps| {float(a.abs().max()):.2f})")
+
+    def fwd(m, call):
+        def run():
+            with torch.inference_mode():
+                call(m)
+        return run
+
+    def fwd_bwd(m, call):
+        def run():
+            call(m).square().mean().backward()
+            m.zero_grad(set_to_none=True)
+        return run
+
+    call_ours = lambda m: m(x, t, ctx)  # noqa: E731
+    call_theirs = lambda m: m(x, t, ctx, return_dict=False)[0]  # noqa: E731
+    extra = {"input": info["input"], "params_ours": params["ours"], "params_theirs": params["theirs"]}
+    rows = []
+    s = time_pair(fwd(ours, call_ours), fwd(theirs, call_theirs), clock, repeats)
+    rows.append(throughput_row("unet forward", size, batch, *s, extra))
+    s = time_pair(fwd_bwd(ours, call_ours), fwd_bwd(theirs, call_theirs), clock, repeats)
+    rows.append(throughput_row("unet forward+backward", size, batch, *s, extra))
+
+    if device.type == "cuda":
+        def bf16(fn):
+            def run():
+                with torch.autocast("cuda", dtype=torch.bfloat16):
+                    fn()
+            return run
+        s = time_pair(bf16(fwd(ours, call_ours)), bf16(fwd(theirs, call_theirs)), clock, repeats)
+        rows.append(throughput_row("unet forward bf16 autocast", size, batch, *s, extra))
+        s = time_pair(bf16(fwd_bwd(ours, call_ours)), bf16(fwd_bwd(theirs, call_theirs)), clock, repeats)
+        rows.append(throughput_row("unet forward+backward bf16 autocast", size, batch, *s, extra))
+        try:
+            c_ours, c_theirs = torch.compile(ours), torch.compile(theirs)
+            s = time_pair(fwd(c_ours, call_ours), fwd(c_theirs, call_theirs), clock, repeats, warmup=2)
+            rows.append(throughput_row("unet forward torch.compile", size, batch, *s, extra))
+        except Exception as e:  # compile needs a working toolchain (triton); record why not
+            rows.append({"measurement": "unet forward torch.compile", "size": size, "skipped": f"{type(e).__name__}: {e}"})
+    else:
+        for name in ("unet forward bf16 autocast", "unet forward+backward bf16 autocast", "unet forward torch.compile"):
+            rows.append({"measurement": name, "size": size, "skipped": "CUDA not available (CPU run)"})
+
+    # peak memory: measured later (after all timings) on the CPU, see CpuPeak
+    mem.append(("unet forward", size, batch, fwd(ours, call_ours), fwd(theirs, call_theirs)))
+    mem.append(("unet forward+backward", size, batch, fwd_bwd(ours, call_ours), fwd_bwd(theirs, call_theirs)))
+    return rows, info
+
+
+# ============================================================================================== autoencoder
+AE_SIZES = {
+    # our preset, image size, batch on CPU / CUDA
+    "tiny": {"preset": "tiny-kl-f4", "image": 32, "batch_cpu": 8, "batch_cuda": 64},
+    "default": {"preset": "kl-f4", "image": 64, "batch_cpu": 2, "batch_cuda": 16},
+}
+
+
+def ae_rows(size: str, batch: int, device: torch.device, clock: Clock, repeats: int) -> tuple[list, dict]:
+    cfg = autoencoder_config(AE_SIZES[size]["preset"])
+    torch.manual_seed(0)
+    ours = AutoencoderKL(cfg).to(device).eval()
+    theirs = diffusers_vae_like(cfg).to(device).eval()
+    params = check_params(f"autoencoder {size} ({AE_SIZES[size]['preset']})", n_params(ours), n_params(theirs))
+    g = torch.Generator().manual_seed(2)
+    s = AE_SIZES[size]["image"]
+    x = (torch.rand(batch, cfg.in_channels, s, s, generator=g) * 2 - 1).to(device)
+    z = torch.randn(batch, cfg.embed_dim, s // cfg.f, s // cfg.f, generator=g).to(device)
+
+    def run(fn):
+        def go():
+            with torch.inference_mode():
+                fn()
+        return go
+
+    extra = {"input": f"{cfg.in_channels}x{s}x{s} <-> {cfg.embed_dim}x{s // cfg.f}x{s // cfg.f}",
+             "params_ours": params["ours"], "params_theirs": params["theirs"], "preset": AE_SIZES[size]["preset"]}
+    rows = []
+    t = time_pair(run(lambda: ours.encode(x).mean), run(lambda: theirs.encode(x).latent_dist.mean), clock, repeats)
+    rows.append(throughput_row("autoencoder encode", size, batch, *t, extra))
+    t = time_pair(run(lambda: ours.decode(z)), run(lambda: theirs.decode(z).sample), clock, repeats)
+    rows.append(throughput_row("autoencoder decode", size, batch, *t, extra))
+    return rows, {"params": params, "config": dataclass_dict(cfg)}
+
+
+def dataclass_dict(cfg) -> dict:
+    import dataclasses
+
+    return dataclasses.asdict(cfg)
+
+
+# ============================================================================================== sampling
+def matched_ddim_scheduler(diffusion: GaussianDiffusion):
+    """diffusers' DDIMScheduler on our schedule: scaled_linear with our beta_start/beta_end, leading spacing with
+    steps_offset=1 (our ddim_timesteps), set_alpha_to_one=False (our last step goes to alpha_bar_0), no clipping."""
+    from diffusers import DDIMScheduler
+
+    c = diffusion.cfg
+    if c.schedule not in ("scaled_linear", "linear"):
+        raise ValueError(f"no diffusers equivalent wired for schedule {c.schedule!r}")
+    return DDIMScheduler(num_train_timesteps=c.T, beta_start=c.beta_start, beta_end=c.beta_end,
+                         beta_schedule=c.schedule, steps_offset=1, set_alpha_to_one=False, clip_sample=False,
+                         timestep_spacing="leading", prediction_type="epsilon" if c.parameterization == "eps" else "v_prediction")
+
+
+def sampling_rows(size: str, batch: int, steps: int, device: torch.device, clock: Clock, repeats: int) -> tuple[list, dict]:
+    from diffusers import StableDiffusionPipeline
+
+    cfg, ours, theirs, same_weights, (tokens, width) = build_unet_pair(size, device)
+    vae = diffusers_vae_like(autoencoder_config("tiny-kl-f4")).to(device).eval()  # only for the pipeline's f
+    dcfg = ldm_config("shapes-t2i").diffusion_cfg()
+    diffusion = GaussianDiffusion(dcfg).to(device)
+    guidance = 3.0
+    h = SIZES[size]["latent"]
+    g = torch.Generator().manual_seed(3)
+    x_T = torch.randn(batch, cfg.in_channels, h, h, generator=g).to(device)
+    ctx = torch.randn(batch, tokens, width, generator=g).to(device)
+    null = torch.randn(1, tokens, width, generator=g).expand(batch, -1, -1).contiguous().to(device)
+
+    sched_b = matched_ddim_scheduler(diffusion)
+    sched_b.set_timesteps(steps)
+    ts_ours = ddim_timesteps(dcfg.T, steps)[::-1]
+    assert sched_b.timesteps.tolist() == ts_ours, (sched_b.timesteps.tolist(), ts_ours)
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=None, tokenizer=None, unet=theirs,
+                                   scheduler=matched_ddim_scheduler(diffusion), safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+
+    def run_a():
+        return ddim_sample(ours, diffusion, None, steps=steps, cond={"context": ctx}, uncond={"context": null},
+                           guidance_scale=guidance, x_T=x_T, progress=False).samples
+
+    def run_b():
+        sched_b.set_timesteps(steps)
+        x = x_T.clone()
+        with torch.inference_mode():
+            both = torch.cat([null, ctx])
+            for t in sched_b.timesteps:
+                out = ours(torch.cat([x, x]), t.reshape(1).expand(2 * batch).to(device), both)
+                out_u, out_c = out.chunk(2)
+                eps = out_u + guidance * (out_c - out_u)
+                x = sched_b.step(eps, t, x, eta=0.0, return_dict=False)[0]
+        return x
+
+    def run_c():
+        with torch.inference_mode():
+            return pipe(prompt_embeds=ctx, negative_prompt_embeds=null, height=h * pipe.vae_scale_factor,
+                        width=h * pipe.vae_scale_factor, num_inference_steps=steps, guidance_scale=guidance,
+                        eta=0.0, latents=x_T.clone(), output_type="latent", return_dict=False)[0]
+
+    sa, sb, sc = run_a(), run_b(), run_c()
+    diff_ab, diff_ac = float((sa - sb).abs().max()), float((sa - sc).abs().max())
+    print(f"[check] sampling {size}: max |(a) - (b)| = {diff_ab:.2e}, max |(a) - (c)| = {diff_ac:.2e} "
+          f"(sample scale {float(sa.abs().max()):.2f})")
+
+    # the three timed together, interleaved
+    times = {"a": [], "b": [], "c": []}
+    for fn in (run_a, run_b, run_c):
+        fn()  # warm-up
+    for _ in range(repeats):
+        for key, fn in (("a", run_a), ("b", run_b), ("c", run_c)):
+            t0 = clock()
+            fn()
+            times[key].append(clock() - t0)
+    med = {k: statistics.median(v) / batch for k, v in times.items()}  # seconds per image
+    base = {"size": size, "batch": batch, "unit": "s/image", "steps": steps, "guidance_scale": guidance,
+            "input": f"{cfg.in_channels}x{h}x{h} + context {tokens}x{width}"}
+    rows = [
+        {"measurement": "sampling DDIM: ours vs diffusers DDIMScheduler on our UNet", **base,
+         "ours": med["a"], "theirs": med["b"], "ratio": med["b"] / med["a"], "max_abs_sample_difference": diff_ab},
+        {"measurement": "sampling DDIM: ours vs diffusers pipeline on the matched UNet", **base,
+         "ours": med["a"], "theirs": med["c"], "ratio": med["c"] / med["a"], "max_abs_sample_difference": diff_ac},
+    ]
+    info = {"schedule": {"ours": {"schedule": dcfg.schedule, "beta_start": dcfg.beta_start, "beta_end": dcfg.beta_end,
+                                  "T": dcfg.T, "timesteps": ts_ours},
+                         "diffusers": {k: sched_b.config[k] for k in ("beta_schedule", "beta_start", "beta_end",
+                                                                      "num_train_timesteps", "steps_offset",
+                                                                      "timestep_spacing", "set_alpha_to_one",
+                                                                      "clip_sample", "prediction_type")}},
+            "max_abs_difference_a_b": diff_ab, "max_abs_difference_a_c": diff_ac, "same_weights": same_weights,
+            "sample_max_abs": float(sa.abs().max())}
+    return rows, info
+
+
+# ============================================================================================== main
+def markdown(rows: list[dict]) -> str:
+    lines = ["| measurement | size | batch | ours | diffusers | unit | ratio (ours/diffusers, >1 = faster) |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "skipped" in r:
+            lines.append(f"| {r['measurement']} | {r['size']} | | | | | skipped: {r['skipped']} |")
+            continue
+        fmt = (lambda v: f"{v / 2**20:.1f}") if r["unit"] == "MiB" else (lambda v: f"{v:.4g}")
+        ours = fmt(r["ours"]) if r["ours"] is not None else "n/a"
+        theirs = fmt(r["theirs"]) if r["theirs"] is not None else "n/a"
+        ratio = f"{r['ratio']:.3f}" if r.get("ratio") is not None else "n/a"
+        lines.append(f"| {r['measurement']} | {r['size']} | {r['batch']} | {ours} | {theirs} | {r['unit']} | {ratio} |")
+    lines += ["", "Ratios: images/s rows ours / diffusers; s/image rows diffusers / ours; MiB rows diffusers / ours. "
+              "Above 1 means ours is faster (or uses less memory)."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="smoke run: tiny size, 1 repeat, batch 2, 10 DDIM steps")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: CPU time of one core)")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--steps", type=int, default=50, help="DDIM steps for the sampling rows")
+    p.add_argument("--sizes", default="tiny,default", help="comma-separated subset of: " + ",".join(SIZES))
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--out", default=None, help="JSON path (default docs/results/peer.json; with --quick "
+                   "docs/results/quick/peer.json, so a smoke run never replaces the real results)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    args = p.parse_args(argv)
+
+    out = Path(args.out) if args.out else ROOT / "docs" / "results" / ("quick" if args.quick else "") / "peer.json"
+    if out.exists() and not args.overwrite:
+        print(f"{out} exists; pass --overwrite to replace it (or choose another --out).", file=sys.stderr)
+        return 2
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    clock = Clock(device, torch.get_num_threads())
+    sizes = ["tiny"] if args.quick else [s.strip() for s in args.sizes.split(",") if s.strip()]
+    unknown = [s for s in sizes if s not in SIZES]
+    if unknown:
+        p.error(f"unknown sizes {unknown}; choose from {list(SIZES)}")
+    repeats = 1 if args.quick else args.repeats
+    steps = 10 if args.quick else args.steps
+    key = "batch_cuda" if device.type == "cuda" else "batch_cpu"
+
+    rows: list[dict] = []
+    params: dict = {}
+    checks: dict = {}
+    mem: list = []
+    for size in sizes:
+        batch = 2 if args.quick else SIZES[size][key]
+        r, info = unet_rows(size, batch, device, clock, repeats, mem)
+        rows += r
+        params[f"unet:{size}"] = info["params"]
+        checks[f"unet:{size}"] = {k: info[k] for k in ("same_weights", "forward_max_abs_difference",
+                                                        "forward_output_max_abs", "input")}
+    for size in sizes:
+        batch = 2 if args.quick else AE_SIZES[size][key]
+        r, info = ae_rows(size, batch, device, clock, repeats)
+        rows += r
+        params[f"autoencoder:{size}"] = info["params"]
+    for size in sizes:
+        if size != "tiny" and device.type != "cuda":
+            continue  # 3 x 50 guided steps of the default UNet: minutes of CPU for no new information
+        batch = 2 if args.quick else (4 if device.type != "cuda" else SIZES[size][key])
+        r, info = sampling_rows(size, batch, steps, device, clock, repeats)
+        rows += r
+        checks[f"sampling:{size}"] = info
+
+    # peak memory, last (the CPU measurement changes malloc's settings)
+    cpu_peak = CpuPeak() if device.type == "cpu" else None
+    for name, size, batch, fo, ft in mem:
+        row = {"measurement": f"{name} peak memory", "size": size, "batch": batch, "unit": "MiB"}
+        if cpu_peak is not None and cpu_peak.reason:
+            row.update({"skipped": cpu_peak.reason})
+        else:
+            mo, mt = peak_bytes(fo, device, cpu_peak), peak_bytes(ft, device, cpu_peak)
+            # memory is a cost: ratio theirs / ours (> 1 = we use less)
+            row.update({"ours": mo, "theirs": mt, "ratio": (mt / mo) if mo else None,
+                        "ratio_meaning": "theirs_bytes / ours_bytes (> 1 = we use less)"})
+        rows.append(row)
+
+    import diffusers
+
+    info = {
+        "machine": f"{platform.machine()} {platform.processor()}".strip() or platform.platform(),
+        "cpu_model": _cpu_model(), "cpu_count": os.cpu_count(), "device": str(device),
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "torch": torch.__version__, "diffusers": diffusers.__version__, "python": platform.python_version(),
+        "torch_threads": torch.get_num_threads(), "clock": clock.name, "repeats": repeats, "warmup": 1,
+        "quick": args.quick, "command": "python benchmarks/peer.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "ratio": "ours_throughput / theirs_throughput (> 1 = we are faster); sampling: theirs_s / ours_s; "
+                 "memory: theirs_bytes / ours_bytes",
+        "peak_memory_method": ("torch.cuda.max_memory_allocated above the step's starting allocation" if device.type == "cuda"
+                               else "VmHWM - VmRSS around one step after resetting the high-water mark (clear_refs 5), "
+                                    "glibc mmap threshold 64 KiB"),
+    }
+    result = {"info": info, "params": params, "checks": checks, "rows": rows}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(out.suffix + ".tmp")
+    tmp.write_text(json.dumps(result, indent=2, default=str))
+    tmp.replace(out)
+    print()
+    print(markdown(rows))
+    print(f"\nwrote {out}")
+    return 0
+
+
+def _cpu_model() -> str | None:
+    try:
+        with open("/proc/cpuinfo") as f:
+            m = re.search(r"model name\s*:\s*(.*)", f.read())
+        return m.group(1).strip() if m else None
+    except OSError:
+        return None
+
+
+if __name__ == "__main__":
+    sys.exit(main())
