@@ -83,3 +83,15 @@ def test_refuses_to_overwrite_without_flag(quick_run):
     assert proc.returncode != 0
     assert "--overwrite" in proc.stderr
     assert out.read_text() == before
+
+
+def test_performance_page_quotes_the_committed_benchmark():
+    """docs/performance.md's table is the one of docs/results/peer.json (ratios to three decimals)."""
+    page = (ROOT / "docs" / "performance.md").read_text()
+    result = json.loads((ROOT / "docs" / "results" / "peer.json").read_text())
+    for row in result["rows"]:
+        if "ratio" in row:
+            line = next((ln for ln in page.splitlines()
+                         if ln.startswith(f"| {row['measurement']} | {row['size']} |")), None)
+            assert line is not None, f"no row for {row['measurement']} ({row['size']}) in docs/performance.md"
+            assert f"**{row['ratio']:.3f}**" in line, f"{row['measurement']} ({row['size']}): ratio differs from the JSON"
