@@ -4,6 +4,7 @@ an endless loop or an exception costs only its own exercise."""
 from __future__ import annotations
 
 import json
+import uuid
 
 import pytest
 
@@ -16,7 +17,8 @@ def _cell(source: str, grade_id: str | None = None, points: int = 0, solution: b
     meta = {}
     if grade_id:
         meta = {"nbgrader": {"grade_id": grade_id, "grade": points > 0, "solution": solution, "points": points}}
-    return {"cell_type": "code", "metadata": meta, "execution_count": None, "outputs": [], "source": source}
+    return {"cell_type": "code", "id": uuid.uuid4().hex[:8], "metadata": meta, "execution_count": None, "outputs": [],
+            "source": source}
 
 
 def solution_notebook() -> dict:
