@@ -52,7 +52,7 @@ from ldm_minimal.autoencoder import AutoencoderConfig, AutoencoderKL, autoencode
 from ldm_minimal.diffusion import GaussianDiffusion  # noqa: E402
 from ldm_minimal.latent_diffusion import ldm_config  # noqa: E402
 from ldm_minimal.samplers import ddim_sample, ddim_timesteps  # noqa: E402
-from ldm_minimal.unet import UNet, UNetConfig, unet_config  # noqa: E402
+from ldm_minimal.unet import UNet, UNetConfig, diffusers_names, unet_config  # noqa: E402
 
 PARAM_TOLERANCE = 0.01  # matched parameter counts must agree within 1%
 
@@ -80,7 +80,7 @@ def diffusers_unet_like(cfg: UNetConfig):
     - time embedding: sinusoid of width model_channels, cosines first (flip_sin_to_cos=True, freq_shift=0), then
       Linear(mc, 4 mc), SiLU, Linear(4 mc, 4 mc): diffusers' default time_embedding_dim = 4 * block_out_channels[0];
     - class-conditional models: num_class_embeds = num_classes + 1 (our extra row is the null class).
-    Remaining difference: none in the parameters (same names up to layout, see ``our_unet_to_diffusers``). In the
+    Remaining difference: none in the parameters (same names up to layout, see ``ldm_minimal.unet.diffusers_names``). In the
     computation, diffusers' self-attention and ours both use SDPA; ours validates its inputs on every call.
     """
     from diffusers import UNet2DConditionModel
@@ -102,45 +102,6 @@ def diffusers_unet_like(cfg: UNetConfig):
         num_class_embeds=None if cfg.num_classes is None else cfg.num_classes + 1,
         dropout=cfg.dropout, use_linear_projection=False, upcast_attention=False,
     )
-
-
-def our_unet_to_diffusers(model: UNet) -> dict[str, str]:
-    """Our UNet's state-dict names -> the matched diffusers UNet's names (the mapping of tests/test_unet.py)."""
-    cfg = model.cfg
-    prefixes = {
-        "time_embed.0.": "time_embedding.linear_1.", "time_embed.2.": "time_embedding.linear_2.",
-        "class_embed.": "class_embedding.", "norm_out.": "conv_norm_out.",
-        "mid.0.": "mid_block.resnets.0.", "mid.1.": "mid_block.attentions.0.", "mid.2.": "mid_block.resnets.1.",
-    }
-    k = 0
-    for level in range(cfg.levels):
-        for j in range(cfg.num_res_blocks):
-            prefixes[f"down.{k}.0."] = f"down_blocks.{level}.resnets.{j}."
-            prefixes[f"down.{k}.1."] = f"down_blocks.{level}.attentions.{j}."
-            k += 1
-        if level != cfg.levels - 1:
-            prefixes[f"down.{k}.0."] = f"down_blocks.{level}.downsamplers.0."
-            k += 1
-    for k, block in enumerate(model.up):
-        level, j = divmod(k, cfg.num_res_blocks + 1)
-        prefixes[f"up.{k}.0."] = f"up_blocks.{level}.resnets.{j}."
-        for i, layer in enumerate(block):
-            kind = type(layer).__name__
-            if kind == "SpatialTransformer":
-                prefixes[f"up.{k}.{i}."] = f"up_blocks.{level}.attentions.{j}."
-            elif kind == "Upsample":
-                prefixes[f"up.{k}.{i}."] = f"up_blocks.{level}.upsamplers.0."
-    names = {}
-    for name in model.state_dict():
-        new = name
-        for a, b in prefixes.items():
-            if name.startswith(a):
-                new = b + name[len(a):]
-                break
-        for a, b in ((".emb_proj.", ".time_emb_proj."), (".skip.", ".conv_shortcut."), (".blocks.", ".transformer_blocks.")):
-            new = new.replace(a, b)
-        names[name] = new
-    return names
 
 
 def diffusers_vae_like(cfg: AutoencoderConfig):
@@ -317,7 +278,7 @@ def build_unet_pair(size: str, device: torch.device, seed: int = 0):
     ours = UNet(cfg)
     _perturb(ours, seed)
     theirs = diffusers_unet_like(cfg)
-    names = our_unet_to_diffusers(ours)
+    names = diffusers_names(ours)
     their_sd = theirs.state_dict()
     if sorted(names.values()) == sorted(their_sd):
         theirs.load_state_dict({names[n]: v for n, v in ours.state_dict().items()})

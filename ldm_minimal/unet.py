@@ -41,6 +41,7 @@ __all__ = [
     "UNET_PRESETS",
     "unet_config",
     "UNet",
+    "diffusers_names",
 ]
 
 
@@ -477,3 +478,43 @@ class UNet(nn.Module):
         if return_attention:
             return eps, maps
         return eps
+
+
+def diffusers_names(model: UNet) -> dict[str, str]:
+    """Our UNet's parameter names -> those of diffusers' ``UNet2DConditionModel`` built to the same architecture.
+
+    The two hold the same tensors under other names (the course's "compare with the library" step): with this map
+    a state dict moves from one to the other, which the tests use to check that both compute the same function and
+    ``benchmarks/peer.py`` to time them on the same weights.
+    """
+    cfg = model.cfg
+    prefixes = {
+        "time_embed.0.": "time_embedding.linear_1.", "time_embed.2.": "time_embedding.linear_2.",
+        "class_embed.": "class_embedding.", "norm_out.": "conv_norm_out.",
+        "mid.0.": "mid_block.resnets.0.", "mid.1.": "mid_block.attentions.0.", "mid.2.": "mid_block.resnets.1.",
+    }
+    k = 0
+    for level in range(cfg.levels):
+        for j in range(cfg.num_res_blocks):
+            prefixes[f"down.{k}.0."] = f"down_blocks.{level}.resnets.{j}."
+            prefixes[f"down.{k}.1."] = f"down_blocks.{level}.attentions.{j}."
+            k += 1
+        if level != cfg.levels - 1:
+            prefixes[f"down.{k}.0."] = f"down_blocks.{level}.downsamplers.0."
+            k += 1
+    for k, block in enumerate(model.up):
+        level, j = divmod(k, cfg.num_res_blocks + 1)
+        prefixes[f"up.{k}.0."] = f"up_blocks.{level}.resnets.{j}."
+        for i, layer in enumerate(block):
+            if isinstance(layer, SpatialTransformer):
+                prefixes[f"up.{k}.{i}."] = f"up_blocks.{level}.attentions.{j}."
+            elif isinstance(layer, Upsample):
+                prefixes[f"up.{k}.{i}."] = f"up_blocks.{level}.upsamplers.0."
+    renames = ((".emb_proj.", ".time_emb_proj."), (".skip.", ".conv_shortcut."), (".blocks.", ".transformer_blocks."))
+    names = {}
+    for name in model.state_dict():
+        new = next((b + name[len(a):] for a, b in prefixes.items() if name.startswith(a)), name)
+        for a, b in renames:
+            new = new.replace(a, b)
+        names[name] = new
+    return names

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ldm_minimal.unet import UNET_PRESETS, UNet, UNetConfig, timestep_embedding, unet_config
+from ldm_minimal.unet import UNET_PRESETS, UNet, UNetConfig, diffusers_names, timestep_embedding, unet_config
 
 
 @pytest.fixture(autouse=True)
@@ -224,49 +224,6 @@ def test_overfits_a_fixed_batch() -> None:
 
 
 # ---------------------------------------------------------------- numerical peer
-def _to_diffusers_names(model: UNet) -> dict[str, str]:
-    """Map our parameter names onto diffusers' UNet2DConditionModel names (same architecture, other layout)."""
-    cfg, prefixes = model.cfg, {
-        "time_embed.0.": "time_embedding.linear_1.",
-        "time_embed.2.": "time_embedding.linear_2.",
-        "class_embed.": "class_embedding.",
-        "norm_out.": "conv_norm_out.",
-        "mid.0.": "mid_block.resnets.0.",
-        "mid.1.": "mid_block.attentions.0.",
-        "mid.2.": "mid_block.resnets.1.",
-    }
-    k = 0
-    for level in range(cfg.levels):
-        for j in range(cfg.num_res_blocks):
-            prefixes[f"down.{k}.0."] = f"down_blocks.{level}.resnets.{j}."
-            prefixes[f"down.{k}.1."] = f"down_blocks.{level}.attentions.{j}."
-            k += 1
-        if level != cfg.levels - 1:
-            prefixes[f"down.{k}.0."] = f"down_blocks.{level}.downsamplers.0."
-            k += 1
-    for k, block in enumerate(model.up):
-        level, j = divmod(k, cfg.num_res_blocks + 1)
-        prefixes[f"up.{k}.0."] = f"up_blocks.{level}.resnets.{j}."
-        for i, layer in enumerate(block):
-            kind = type(layer).__name__
-            if kind == "SpatialTransformer":
-                prefixes[f"up.{k}.{i}."] = f"up_blocks.{level}.attentions.{j}."
-            elif kind == "Upsample":
-                prefixes[f"up.{k}.{i}."] = f"up_blocks.{level}.upsamplers.0."
-    names = {}
-    for name in model.state_dict():
-        new = name
-        for a, b in prefixes.items():
-            if name.startswith(a):
-                new = b + name[len(a) :]
-                break
-        renames = [(".emb_proj.", ".time_emb_proj."), (".skip.", ".conv_shortcut."), (".blocks.", ".transformer_blocks.")]
-        for a, b in renames:
-            new = new.replace(a, b)
-        names[name] = new
-    return names
-
-
 @pytest.mark.parametrize("scale_shift", [True, False])
 def test_matches_diffusers_unet_with_the_same_weights(scale_shift: bool) -> None:
     diffusers = pytest.importorskip("diffusers")
@@ -284,7 +241,7 @@ def test_matches_diffusers_unet_with_the_same_weights(scale_shift: bool) -> None
     ).eval()
     perturb_zero_layers(theirs)
     their_sd = theirs.state_dict()
-    names = _to_diffusers_names(ours)
+    names = diffusers_names(ours)
     assert sorted(names.values()) == sorted(their_sd), "architectures differ"
     ours.load_state_dict({n: their_sd[d] for n, d in names.items()})
 
