@@ -22,6 +22,7 @@ import argparse
 import hashlib
 import json
 import os
+import platform
 import re
 from pathlib import Path
 from typing import Any
@@ -72,14 +73,23 @@ def student_source(source: str, cell_type: str, where: str = "cell") -> str:
     return "\n".join(lines)
 
 
+def cell_source(cell: dict[str, Any]) -> str:
+    """A cell's source as one string (nbformat stores it as a string or as a list of lines)."""
+    source = cell.get("source", "")
+    return "".join(source) if isinstance(source, list) else source
+
+
+def kernel_environment(mode: str, threads: int | None = None) -> dict[str, str]:
+    """The environment a notebook kernel is started with: the course mode and, if given, its torch threads."""
+    return {"LDM_COURSE_MODE": mode, **({"LDM_COURSE_THREADS": str(threads)} if threads else {})}
+
+
 def student_notebook(nb: dict[str, Any], name: str = "notebook") -> dict[str, Any]:
     """The student version of a solution notebook (a JSON dict in nbformat 4); the input is not changed."""
     out = json.loads(json.dumps(nb))
     out.get("metadata", {}).pop("widgets", None)  # saved widget state
     for k, cell in enumerate(out.get("cells", [])):
-        source = cell.get("source", "")
-        text = "".join(source) if isinstance(source, list) else source
-        cell["source"] = student_source(text, cell.get("cell_type", "code"), f"{name}, cell {k + 1}")
+        cell["source"] = student_source(cell_source(cell), cell.get("cell_type", "code"), f"{name}, cell {k + 1}")
         if cell.get("cell_type") == "code":
             cell["outputs"] = []
             cell["execution_count"] = None
@@ -148,12 +158,11 @@ def run_notebook(path: Path, out_dir: Path, mode: str = "FAST", timeout: float =
     from nbclient.exceptions import CellExecutionError
 
     nb = nbformat.read(path, as_version=4)
-    env = {"LDM_COURSE_MODE": mode, **({"LDM_COURSE_THREADS": str(threads)} if threads else {})}
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
                             resources={"metadata": {"path": str(path.parent)}})
     error, usage = None, {"kernel_cpu_s": None, "kernel_peak_rss_mb": None}
     start = time.perf_counter()
-    with environment(**env):  # the kernel inherits the environment when it starts
+    with environment(**kernel_environment(mode, threads)):  # the kernel inherits the environment when it starts
         with client.setup_kernel():
             try:
                 for index, cell in enumerate(nb.cells):
@@ -189,8 +198,6 @@ def cmd_run(args: argparse.Namespace) -> int:
               f"  peak memory {r['kernel_peak_rss_mb']} MB"
               + (f"  ERROR {r['error']}" if r["error"] else ""), flush=True)
         if times_path and r["error"] is None:
-            import platform
-
             times.setdefault(r["mode"], {})[r["notebook"]] = {
                 "wall_s": r["wall_s"], "kernel_cpu_s": r["kernel_cpu_s"], "kernel_peak_rss_mb": r["kernel_peak_rss_mb"],
                 "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores", "threads": args.threads or "default"}

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .course import SOLUTIONS_DIR, CourseError
+from .course import SOLUTIONS_DIR, CourseError, cell_source, kernel_environment
 from .utils import environment
 
 
@@ -71,8 +71,7 @@ def grade_notebook(submission: str | Path, solution: str | Path | None = None, c
     for cell in nb.cells:  # restore every graded cell (with its hidden tests) from the solution
         gid = cell.get("metadata", {}).get("nbgrader", {}).get("grade_id")
         if gid in reference and cell.cell_type == "code":
-            cell.source = "".join(reference[gid]["source"]) if isinstance(reference[gid]["source"], list) \
-                else reference[gid]["source"]
+            cell.source = cell_source(reference[gid])
             present.add(gid)
     feedback = {gid: "the graded cell is missing from the submission" for gid in reference if gid not in present}
     t0 = time.monotonic()
@@ -80,8 +79,7 @@ def grade_notebook(submission: str | Path, solution: str | Path | None = None, c
         work = Path(tmp)  # an empty working folder: relative paths cannot reach anyone's files
         client = NotebookClient(nb, timeout=int(cell_timeout), kernel_name=kernel, allow_errors=True,
                                 interrupt_on_timeout=True, resources={"metadata": {"path": str(work)}})
-        env = {"LDM_COURSE_MODE": mode, **({"LDM_COURSE_THREADS": str(threads)} if threads else {})}
-        with environment(**env), client.setup_kernel():  # the kernel inherits the environment
+        with environment(**kernel_environment(mode, threads)), client.setup_kernel():  # the kernel inherits it
             for index, cell in enumerate(nb.cells):
                 if cell.cell_type != "code":
                     continue

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from ldm_minimal.course import NOTEBOOKS_DIR, SOLUTIONS_DIR, build, student_notebook
+from ldm_minimal.course import NOTEBOOKS_DIR, SOLUTIONS_DIR, build, cell_source, student_notebook
 from ldm_minimal.grade import grade_notebook
 
 REPO = Path(__file__).resolve().parents[1]
@@ -26,10 +26,6 @@ GRADED_NOTEBOOK = "00_orientation"  # the quickest to run; the grader is the sam
 
 def _load(path: Path) -> dict:
     return json.loads(path.read_text())
-
-
-def _src(cell: dict) -> str:
-    return "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
 
 
 def _nbgrader(cell: dict) -> dict:
@@ -50,14 +46,14 @@ def test_notebooks_folder_is_in_sync_with_solutions():
 def test_each_notebook_has_the_course_shape(name):
     nb = _load(SOLUTIONS_DIR / f"{name}.ipynb")
     cells = nb["cells"]
-    text = "\n".join(_src(c) for c in cells)
-    first = _src(cells[0])
+    text = "\n".join(cell_source(c) for c in cells)
+    first = cell_source(cells[0])
     assert first.startswith(f"# {name[:2]}"), "the first cell is the title '# NN · Topic'"
     for needed in ("한국어 요약", "Goal", "Paper", "Prerequisites", "FAST", "FULL"):
         assert needed in first, f"the opening cell should state {needed!r}"
     for needed in ("Takeaways", "Discussion questions", "Next"):
         assert re.search(rf"^#+ .*{needed}", text, re.M | re.I), f"no '{needed}' heading"
-    assert "lesson.setup(" in text and _src(cells[-1]).strip() == "L.finish()", "setup first, L.finish() last"
+    assert "lesson.setup(" in text and cell_source(cells[-1]).strip() == "L.finish()", "setup first, L.finish() last"
     assert "ipywidgets" in text, "at least one interactive control"
     assert all(not c.get("outputs") and c.get("execution_count") is None for c in cells if c["cell_type"] == "code"), \
         "solutions/ is committed without outputs (see README: 'Why solutions/ has no outputs')"
@@ -68,10 +64,10 @@ def test_each_notebook_has_the_course_shape(name):
     for i in exercises:
         ex, check = cells[i], cells[i + 1]
         gid = _nbgrader(ex)["grade_id"]
-        assert "### BEGIN SOLUTION" in _src(ex), f"{gid}: no solution block"
+        assert "### BEGIN SOLUTION" in cell_source(ex), f"{gid}: no solution block"
         assert _nbgrader(check).get("grade") and _nbgrader(check).get("points", 0) > 0, \
             f"{gid}: the cell right after an exercise is its graded check cell"
-        source = _src(check)
+        source = cell_source(check)
         assert re.search(rf'lesson\.check\(\s*"{gid}"', source) and "reference=" in source, f"{gid}: check with a fallback"
         hidden = source.split("### BEGIN HIDDEN TESTS", 1)
         assert len(hidden) == 2 and re.search(rf'lesson\.hidden_test\(\s*"{gid}"', hidden[1]), f"{gid}: hidden test missing"
@@ -118,7 +114,7 @@ def test_readme_course_map_matches_the_measured_times():
         assert row is not None, f"README's course map has no row for {name}"
         wall = f"{times[name + '.ipynb']['wall_s']:.0f} s"
         assert wall in row, f"README's FAST time for {name} differs from the JSON"
-        opening = _src(_load(SOLUTIONS_DIR / f"{name}.ipynb")["cells"][0])
+        opening = cell_source(_load(SOLUTIONS_DIR / f"{name}.ipynb")["cells"][0])
         assert f"FAST (default on CPU): {wall} of wall time" in opening, f"{name} states another FAST time than the JSON"
     total = sum(t["wall_s"] for t in times.values())
     assert f"{total / 60:.1f} min" in readme, "README should state the whole-course FAST total"
