@@ -94,7 +94,7 @@ def test_grader_on_a_real_notebook_full_zero_and_exactly_the_solved_part(tmp_pat
     assert zero["total"] == 0 and zero["max_total"] == full["max_total"], zero
 
     # solve only the first exercise: paste its solution cell into the student notebook
-    partial = copy.deepcopy(student_notebook(sol, GRADED_NOTEBOOK))
+    partial = student_notebook(sol, GRADED_NOTEBOOK)  # a fresh copy
     first = next(i for i, c in enumerate(sol["cells"]) if _nbgrader(c).get("solution") and c["cell_type"] == "code")
     partial["cells"][first] = copy.deepcopy(sol["cells"][first])
     check_id = _nbgrader(sol["cells"][first + 1])["grade_id"]

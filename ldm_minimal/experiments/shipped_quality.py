@@ -126,13 +126,13 @@ def inpaint_quality(path: str | Path, n: int = N_EVAL, steps: int = 50) -> dict[
 def class_quality(path: str | Path, n: int = N_EVAL, steps: int = 50) -> dict[str, Any]:
     from ldm_minimal.checkpoint import load_ldm
     from ldm_minimal.data.shapes import class_id_for
+    from ldm_minimal.experiments.common import sample_in_chunks
     from ldm_minimal.generate import class_to_image
 
     ldm, _ = load_ldm(path)
     _, objects, captions = _single(n)
     ids = [class_id_for(o["shape"], o["colour"]) for o in objects]
-    samples = torch.cat([class_to_image(ldm, ids[i:i + 128], guidance=3.0, steps=steps, seed=i)
-                         for i in range(0, n, 128)])
+    samples = sample_in_chunks(lambda a, b: class_to_image(ldm, ids[a:b], guidance=3.0, steps=steps, seed=a), n)
     return {"n": n, "ddim_steps": steps, "guidance": 3.0, "classes": "those of held-out single-object pictures",
             "judge": _judge(samples, captions, keys=("shape", "colour", "shape_and_colour"))}
 
@@ -140,13 +140,13 @@ def class_quality(path: str | Path, n: int = N_EVAL, steps: int = 50) -> dict[st
 @torch.no_grad()
 def layout_quality(path: str | Path, n: int = N_EVAL, steps: int = 50) -> dict[str, Any]:
     from ldm_minimal.checkpoint import load_ldm
+    from ldm_minimal.experiments.common import sample_in_chunks
     from ldm_minimal.generate import layout_to_image
 
     ldm, _ = load_ldm(path)
     _, objects, captions = _single(n)
     layouts = [[{"shape": o["shape"], "colour": o["colour"], "bbox": list(o["bbox"])}] for o in objects]
-    samples = torch.cat([layout_to_image(ldm, layouts[i:i + 128], guidance=3.0, steps=steps, seed=i)
-                         for i in range(0, n, 128)])
+    samples = sample_in_chunks(lambda a, b: layout_to_image(ldm, layouts[a:b], guidance=3.0, steps=steps, seed=a), n)
     return {"n": n, "ddim_steps": steps, "guidance": 3.0,
             "layouts": "one box each: the object of a held-out single-object picture",
             "judge": _judge(samples, captions, keys=("shape", "colour", "shape_and_colour", "size", "position", "all"))}
