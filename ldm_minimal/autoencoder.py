@@ -23,6 +23,7 @@ diffusion model uses: attributes ``f`` and ``latent_channels``, ``encode_latent(
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 
 import torch
@@ -31,7 +32,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from ldm_minimal.regularizers import DiagonalGaussian, VectorQuantizer
-from ldm_minimal.utils import check_images, unknown_name_error
+from ldm_minimal.utils import ChannelsLastOnCPU, check_images, unknown_name_error
 
 # --------------------------------------------------------------------------------------------------------------
 # Configuration
@@ -62,6 +63,7 @@ class AutoencoderConfig:
     restart_dead_codes: bool = True  # VQ dead-code remedy
     dead_threshold: float = 0.05  # a code is dead below this fraction of the uniform usage share
     usage_decay: float = 0.99  # EMA decay of the per-code usage
+    norm_groups: int | None = None  # GroupNorm groups in every layer; None: num_groups(width) per layer
 
     def __post_init__(self) -> None:
         self.ch_mult = tuple(int(m) for m in self.ch_mult)
@@ -77,6 +79,12 @@ class AutoencoderConfig:
             raise ValueError(f"num_res_blocks must be >= 1 (each level needs a block to change width), got {self.num_res_blocks}.")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}.")
+        widths = [self.ch * m for m in self.ch_mult]
+        if self.norm_groups is not None and (self.norm_groups < 1 or any(w % self.norm_groups for w in widths)):
+            raise ValueError(
+                f"norm_groups={self.norm_groups} must be a positive divisor of every width {widths} (ch * ch_mult); "
+                f"leave it None to pick the groups per layer with num_groups(width)."
+            )
         valid = [2**i for i in range(len(self.ch_mult))]
         bad = [a for a in self.attn_resolutions if a not in valid]
         if bad:
@@ -151,21 +159,22 @@ def num_groups(channels: int, max_groups: int = 32, min_group_size: int = 4) -> 
     return g
 
 
-def group_norm(channels: int) -> nn.GroupNorm:
-    """GroupNorm(num_groups(channels), channels, eps=1e-6) with a learned affine map."""
+def group_norm(channels: int, groups: int | None = None) -> nn.GroupNorm:
+    """GroupNorm(groups or num_groups(channels), channels, eps=1e-6) with a learned affine map."""
     # GroupNorm statistics are computed in float32 by autocast (group_norm is on its float32 list)
-    return nn.GroupNorm(num_groups(channels), channels, eps=1e-6, affine=True)
+    return nn.GroupNorm(groups or num_groups(channels), channels, eps=1e-6, affine=True)
 
 
 class ResnetBlock(nn.Module):
     """x + F(x) with F = [GroupNorm, SiLU, conv3] x 2 (dropout before the second conv); no time embedding."""
 
-    def __init__(self, in_channels: int, out_channels: int | None = None, dropout: float = 0.0) -> None:
+    def __init__(self, in_channels: int, out_channels: int | None = None, dropout: float = 0.0,
+                 groups: int | None = None) -> None:
         super().__init__()
         out_channels = out_channels or in_channels
-        self.norm1 = group_norm(in_channels)
+        self.norm1 = group_norm(in_channels, groups)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
-        self.norm2 = group_norm(out_channels)
+        self.norm2 = group_norm(out_channels, groups)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
         # 1x1 projection of the skip path when the width changes
@@ -181,9 +190,9 @@ class ResnetBlock(nn.Module):
 class AttnBlock(nn.Module):
     """Single-head self-attention over the h*w positions, 1x1 q/k/v/proj, residual."""
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, groups: int | None = None) -> None:
         super().__init__()
-        self.norm = group_norm(channels)
+        self.norm = group_norm(channels, groups)
         self.q = nn.Conv2d(channels, channels, 1)
         self.k = nn.Conv2d(channels, channels, 1)
         self.v = nn.Conv2d(channels, channels, 1)
@@ -227,10 +236,12 @@ class Upsample(nn.Module):
 class Level(nn.Module):
     """One resolution level: ResNet blocks (each followed by attention if requested) and an optional resampler."""
 
-    def __init__(self, in_ch: int, out_ch: int, n_blocks: int, attn: bool, dropout: float, resample: nn.Module | None):
+    def __init__(self, in_ch: int, out_ch: int, n_blocks: int, attn: bool, dropout: float, resample: nn.Module | None,
+                 groups: int | None = None):
         super().__init__()
-        self.blocks = nn.ModuleList(ResnetBlock(in_ch if i == 0 else out_ch, out_ch, dropout) for i in range(n_blocks))
-        self.attns = nn.ModuleList(AttnBlock(out_ch) if attn else nn.Identity() for _ in range(n_blocks))
+        self.blocks = nn.ModuleList(ResnetBlock(in_ch if i == 0 else out_ch, out_ch, dropout, groups)
+                                    for i in range(n_blocks))
+        self.attns = nn.ModuleList(AttnBlock(out_ch, groups) if attn else nn.Identity() for _ in range(n_blocks))
         self.resample = resample if resample is not None else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
@@ -242,11 +253,11 @@ class Level(nn.Module):
 class MidBlock(nn.Module):
     """ResNet - attention - ResNet at the lowest resolution (always has attention)."""
 
-    def __init__(self, channels: int, dropout: float) -> None:
+    def __init__(self, channels: int, dropout: float, groups: int | None = None) -> None:
         super().__init__()
-        self.block_1 = ResnetBlock(channels, channels, dropout)
-        self.attn_1 = AttnBlock(channels)
-        self.block_2 = ResnetBlock(channels, channels, dropout)
+        self.block_1 = ResnetBlock(channels, channels, dropout, groups)
+        self.attn_1 = AttnBlock(channels, groups)
+        self.block_2 = ResnetBlock(channels, channels, dropout, groups)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.block_2(self.attn_1(self.block_1(x)))
@@ -263,11 +274,11 @@ class Encoder(nn.Module):
         for i, out_ch in enumerate(widths):
             last = i == len(widths) - 1
             levels.append(Level(in_ch, out_ch, cfg.num_res_blocks, 2**i in cfg.attn_resolutions, cfg.dropout,
-                                None if last else Downsample(out_ch)))
+                                None if last else Downsample(out_ch), cfg.norm_groups))
             in_ch = out_ch
         self.levels = nn.ModuleList(levels)
-        self.mid = MidBlock(widths[-1], cfg.dropout)
-        self.norm_out = group_norm(widths[-1])
+        self.mid = MidBlock(widths[-1], cfg.dropout, cfg.norm_groups)
+        self.norm_out = group_norm(widths[-1], cfg.norm_groups)
         z_out = 2 * cfg.z_channels if cfg.kind == "kl" else cfg.z_channels
         self.conv_out = nn.Conv2d(widths[-1], z_out, 3, padding=1)
 
@@ -286,15 +297,15 @@ class Decoder(nn.Module):
         super().__init__()
         widths = [cfg.ch * m for m in cfg.ch_mult]
         self.conv_in = nn.Conv2d(cfg.z_channels, widths[-1], 3, padding=1)
-        self.mid = MidBlock(widths[-1], cfg.dropout)
+        self.mid = MidBlock(widths[-1], cfg.dropout, cfg.norm_groups)
         levels, in_ch = [], widths[-1]
         for i in reversed(range(len(widths))):  # from the lowest resolution up
             out_ch = widths[i]
             levels.append(Level(in_ch, out_ch, cfg.num_res_blocks + 1, 2**i in cfg.attn_resolutions, cfg.dropout,
-                                Upsample(out_ch) if i > 0 else None))
+                                Upsample(out_ch) if i > 0 else None, cfg.norm_groups))
             in_ch = out_ch
         self.levels = nn.ModuleList(levels)
-        self.norm_out = group_norm(widths[0])
+        self.norm_out = group_norm(widths[0], cfg.norm_groups)
         self.conv_out = nn.Conv2d(widths[0], cfg.out_channels, 3, padding=1)
 
     def forward(self, z: Tensor) -> Tensor:
@@ -309,8 +320,8 @@ class Decoder(nn.Module):
 # --------------------------------------------------------------------------------------------------------------
 
 
-class _FirstStage(nn.Module):
-    """Shared plumbing: config, input checks, the latent interface attributes."""
+class _FirstStage(ChannelsLastOnCPU):
+    """Shared plumbing: config, input checks, the latent interface attributes, the CPU memory layout."""
 
     def __init__(self, cfg: AutoencoderConfig) -> None:
         super().__init__()
@@ -350,15 +361,16 @@ class AutoencoderKL(_FirstStage):
         # 1x1 maps between the encoder's channels and the latent channels: (mean, logvar) and back
         self.quant_conv = nn.Conv2d(2 * cfg.z_channels, 2 * cfg.embed_dim, 1)
         self.post_quant_conv = nn.Conv2d(cfg.embed_dim, cfg.z_channels, 1)
+        self.prefer_layout()  # channels-last weights on the CPU (see ChannelsLastOnCPU)
 
     def encode(self, x: Tensor) -> DiagonalGaussian:
         """x (B, C, H, W) in [-1, 1] -> posterior q(z|x) over z (B, embed_dim, H/f, W/f)."""
         moments = self.quant_conv(self.encoder(self._check_input(x)))  # (B, 2*embed_dim, h, w)
-        return DiagonalGaussian(moments)
+        return DiagonalGaussian(moments.contiguous())
 
     def decode(self, z: Tensor) -> Tensor:
         """z (B, embed_dim, h, w) -> x_hat = D(z) (B, out_channels, h*f, w*f)."""
-        return self.decoder(self.post_quant_conv(self._check_latent(z)))
+        return self.decoder(self.post_quant_conv(self._check_latent(z))).contiguous()
 
     def forward(
         self, x: Tensor, sample_posterior: bool = True, generator: torch.Generator | None = None
@@ -392,10 +404,11 @@ class VQModel(_FirstStage):
             dead_threshold=cfg.dead_threshold, usage_decay=cfg.usage_decay,
         )
         self.post_quant_conv = nn.Conv2d(cfg.embed_dim, cfg.z_channels, 1)
+        self.prefer_layout()  # channels-last weights on the CPU (see ChannelsLastOnCPU)
 
     def encode(self, x: Tensor) -> Tensor:
         """x (B, C, H, W) in [-1, 1] -> pre-quantisation z (B, embed_dim, H/f, W/f)."""
-        return self.quant_conv(self.encoder(self._check_input(x)))
+        return self.quant_conv(self.encoder(self._check_input(x))).contiguous()
 
     def quantize(self, z: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         """z -> (z_q, commitment + codebook loss, usage info). Updates usage statistics in training mode."""
@@ -406,7 +419,7 @@ class VQModel(_FirstStage):
         z = self._check_latent(z)
         if quantize:
             z, _, _ = self.quantizer(z)
-        return self.decoder(self.post_quant_conv(z.to(self.post_quant_conv.weight.dtype)))
+        return self.decoder(self.post_quant_conv(z.to(self.post_quant_conv.weight.dtype))).contiguous()
 
     def decode_code(self, indices: Tensor) -> Tensor:
         """Codebook indices (B, h, w) -> x_hat."""
@@ -455,3 +468,36 @@ def build_autoencoder(cfg_or_preset_name: AutoencoderConfig | str, **overrides) 
             f"Valid presets: {', '.join(sorted(AUTOENCODER_PRESETS))}."
         )
     return AutoencoderKL(cfg) if cfg.kind == "kl" else VQModel(cfg)
+
+
+def diffusers_names(model: AutoencoderKL) -> dict[str, str]:
+    """Our KL autoencoder's parameter names -> those of diffusers' ``AutoencoderKL`` of the same architecture.
+
+    The counterpart of ``ldm_minimal.unet.diffusers_names``. Besides the names, one layout differs: our attention
+    projections q, k, v, proj_out are 1x1 convolutions with weights (C, C, 1, 1), diffusers' are Linear layers with
+    weights (C, C); ``weight.flatten(1)`` (or ``reshape(C, C, 1, 1)`` the other way) moves them. Same group counts
+    in both need ``norm_groups`` set (diffusers uses one count for every GroupNorm).
+    """
+    if not isinstance(model, AutoencoderKL):
+        raise TypeError(f"diffusers_names maps an AutoencoderKL (diffusers has no VQ autoencoder of this layout), "
+                        f"got {type(model).__name__}.")
+    rules = (
+        (r"^encoder\.levels\.(\d+)\.blocks\.", r"encoder.down_blocks.\1.resnets."),
+        (r"^encoder\.levels\.(\d+)\.attns\.", r"encoder.down_blocks.\1.attentions."),
+        (r"^encoder\.levels\.(\d+)\.resample\.", r"encoder.down_blocks.\1.downsamplers.0."),
+        (r"^decoder\.levels\.(\d+)\.blocks\.", r"decoder.up_blocks.\1.resnets."),
+        (r"^decoder\.levels\.(\d+)\.attns\.", r"decoder.up_blocks.\1.attentions."),
+        (r"^decoder\.levels\.(\d+)\.resample\.", r"decoder.up_blocks.\1.upsamplers.0."),
+        (r"\.mid\.block_1\.", ".mid_block.resnets.0."), (r"\.mid\.attn_1\.", ".mid_block.attentions.0."),
+        (r"\.mid\.block_2\.", ".mid_block.resnets.1."), (r"\.norm_out\.", ".conv_norm_out."),
+        (r"\.shortcut\.", ".conv_shortcut."), (r"(attentions\.\d+)\.norm\.", r"\1.group_norm."),
+        (r"(attentions\.\d+)\.q\.", r"\1.to_q."), (r"(attentions\.\d+)\.k\.", r"\1.to_k."),
+        (r"(attentions\.\d+)\.v\.", r"\1.to_v."), (r"(attentions\.\d+)\.proj_out\.", r"\1.to_out.0."),
+    )
+    names = {}
+    for name in model.state_dict():
+        new = name
+        for pattern, repl in rules:
+            new = re.sub(pattern, repl, new)
+        names[name] = new
+    return names

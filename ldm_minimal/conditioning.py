@@ -43,7 +43,7 @@ from einops import rearrange, repeat
 from .data.shapes import NUM_CLASSES as SHAPES_NUM_CLASSES
 from .data.shapes import SHAPES, class_id_for
 from .masks import check_inpainting_mask, downsample_mask
-from .utils import DATA_DIR, REPO_ROOT, check_images, unknown_name_error
+from .utils import DATA_DIR, REPO_ROOT, check_images, min_max, unknown_name_error
 
 __all__ = [
     "Conditioner",
@@ -214,15 +214,16 @@ class ClassConditioner(Conditioner):
     def forward(self, batch: dict, first_stage: nn.Module | None = None) -> dict[str, torch.Tensor]:
         y = _batch_get(batch, self.key, "ClassConditioner", f"Build it with key=<the batch's label key>.")
         y = torch.as_tensor(y).long().reshape(-1)  # (B,)
-        if y.numel() and (int(y.min()) < 0 or int(y.max()) >= self.num_classes):
+        lo, hi = (int(v) for v in min_max(y)) if y.numel() else (0, 0)
+        if lo < 0 or hi >= self.num_classes:
             hint = (
                 " -1 marks a multi-object shapes sample, which has no class: use a single-object preset "
                 "(shapes_preset('single32')) for class-conditional training."
-                if int(y.min()) == -1
+                if lo == -1
                 else ""
             )
             raise ValueError(
-                f"batch[{self.key!r}] holds labels in [{int(y.min())}, {int(y.max())}] but this conditioner has "
+                f"batch[{self.key!r}] holds labels in [{lo}, {hi}] but this conditioner has "
                 f"classes 0..{self.num_classes - 1} (null class = {self.num_classes}).{hint}"
             )
         return {"y": y}
@@ -723,10 +724,11 @@ class SemanticConditioner(Conditioner):
                 f"batch[{self.key!r}] must be integer labels of shape (B, H, W), got dtype {s.dtype} and shape "
                 f"{tuple(s.shape)}. Use the label map itself (not a one-hot or an image); cast with .long()."
             )
-        if s.numel() and (int(s.min()) < 0 or int(s.max()) >= self.num_labels):
+        lo, hi = (int(v) for v in min_max(s)) if s.numel() else (0, 0)
+        if lo < 0 or hi >= self.num_labels:
             raise ValueError(
-                f"batch[{self.key!r}] has labels in [{int(s.min())}, {int(s.max())}] but num_labels={self.num_labels}; "
-                f"build the conditioner with num_labels={int(s.max()) + 1}."
+                f"batch[{self.key!r}] has labels in [{lo}, {hi}] but num_labels={self.num_labels}; "
+                f"build the conditioner with num_labels={hi + 1}."
             )
         h, w = self._latent_hw(s.shape[-2], s.shape[-1], first_stage, latent_size)
         onehot = rearrange(F.one_hot(s.long(), self.num_labels), "b h w c -> b c h w").float()  # (B, K, H, W)

@@ -26,7 +26,7 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
-from ldm_minimal.utils import unknown_name_error
+from ldm_minimal.utils import min_max, unknown_name_error
 
 __all__ = [
     "BETA_SCHEDULES",
@@ -186,10 +186,9 @@ class GaussianDiffusion(nn.Module):
                 f"t must have shape (B,) = ({batch},), one timestep per sample, got shape {tuple(t.shape)}. "
                 f"Use torch.full(({batch},), t) for a shared timestep."
             )
-        if t.numel() and (int(t.min()) < 0 or int(t.max()) >= self.T):
-            raise ValueError(
-                f"Timesteps must lie in [0, {self.T - 1}] (T={self.T}), got values in [{int(t.min())}, {int(t.max())}]."
-            )
+        lo, hi = min_max(t) if t.numel() else (0, 0)
+        if lo < 0 or hi >= self.T:
+            raise ValueError(f"Timesteps must lie in [0, {self.T - 1}] (T={self.T}), got values in [{lo:g}, {hi:g}].")
 
     def _extract(self, name: str, t: torch.Tensor | int, x: torch.Tensor) -> torch.Tensor | float:
         """Table ``name`` at timesteps t, shaped to broadcast against x: (B, 1, ..., 1), on x's device.

@@ -30,7 +30,7 @@ from einops import rearrange
 from torch import nn
 
 from ldm_minimal.attention import SpatialTransformer, _check_context, _check_mask
-from ldm_minimal.utils import unknown_name_error
+from ldm_minimal.utils import ChannelsLastOnCPU, min_max, unknown_name_error
 
 __all__ = [
     "timestep_embedding",
@@ -282,7 +282,7 @@ class EmbedSequential(nn.ModuleList):
         return x
 
 
-class UNet(nn.Module):
+class UNet(ChannelsLastOnCPU):
     """epsilon_theta(z_t, t, y): the time-conditional UNet with cross-attention of Sec. 3.3 (Fig. 3).
 
     forward(x, t, context=None, context_mask=None, y=None, return_attention=False):
@@ -351,6 +351,7 @@ class UNet(nn.Module):
         # ---- output head: GN, SiLU, zero-initialised conv3 (the untrained model predicts eps = 0)
         self.norm_out = _group_norm(ch, g)
         self.conv_out = _zero(nn.Conv2d(ch, cfg.out_channels, 3, padding=1))
+        self.prefer_layout()  # channels-last weights on the CPU (see ChannelsLastOnCPU)
 
     @property
     def null_class(self) -> int:
@@ -418,9 +419,10 @@ class UNet(nn.Module):
             if not isinstance(y, torch.Tensor) or y.is_floating_point() or y.shape != (b,):
                 desc = f"{tuple(y.shape)} {y.dtype}" if isinstance(y, torch.Tensor) else type(y).__name__
                 raise ValueError(f"y must be an integer tensor of shape ({b},), got {desc}. Use y.long().reshape(-1).")
-            if y.numel() and (int(y.min()) < 0 or int(y.max()) > cfg.num_classes):
+            lo, hi = min_max(y) if y.numel() else (0, 0)
+            if lo < 0 or hi > cfg.num_classes:
                 raise ValueError(
-                    f"y holds labels in [{int(y.min())}, {int(y.max())}] but valid labels are "
+                    f"y holds labels in [{lo:g}, {hi:g}] but valid labels are "
                     f"0..{cfg.num_classes - 1} plus the null class {cfg.num_classes}. Remap the labels or build "
                     "with a larger num_classes."
                 )
@@ -474,7 +476,7 @@ class UNet(nn.Module):
             h = torch.cat([h, skips.pop()], dim=1)
             h = block(h, emb, context, context_mask, maps)
         # epsilon_theta(z_t, t, tau_theta(y))
-        eps = self.conv_out(F.silu(self.norm_out(h))).to(x.dtype)  # (B, out_channels, h, w)
+        eps = self.conv_out(F.silu(self.norm_out(h))).to(x.dtype).contiguous()  # (B, out_channels, h, w)
         if return_attention:
             return eps, maps
         return eps

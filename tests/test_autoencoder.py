@@ -15,6 +15,7 @@ from ldm_minimal.autoencoder import (
     VQModel,
     autoencoder_config,
     build_autoencoder,
+    diffusers_names,
     num_groups,
 )
 from ldm_minimal.regularizers import DiagonalGaussian
@@ -301,49 +302,71 @@ def test_decode_wrong_latent_channels(models, kind):
 # ------------------------------------------------------------------------------------------------ numerical peer
 
 
-def _to_diffusers_key(key: str) -> str:
-    """Our AutoencoderKL parameter names -> diffusers' AutoencoderKL names (same architecture, other layout)."""
-    import re
-
-    key = re.sub(r"encoder\.levels\.(\d+)\.blocks\.", r"encoder.down_blocks.\1.resnets.", key)
-    key = re.sub(r"encoder\.levels\.(\d+)\.resample\.", r"encoder.down_blocks.\1.downsamplers.0.", key)
-    key = re.sub(r"decoder\.levels\.(\d+)\.blocks\.", r"decoder.up_blocks.\1.resnets.", key)
-    key = re.sub(r"decoder\.levels\.(\d+)\.resample\.", r"decoder.up_blocks.\1.upsamplers.0.", key)
-    for ours, theirs in [
-        ("mid.block_1.", "mid_block.resnets.0."), ("mid.block_2.", "mid_block.resnets.1."),
-        ("mid.attn_1.norm.", "mid_block.attentions.0.group_norm."), ("mid.attn_1.q.", "mid_block.attentions.0.to_q."),
-        ("mid.attn_1.k.", "mid_block.attentions.0.to_k."), ("mid.attn_1.v.", "mid_block.attentions.0.to_v."),
-        ("mid.attn_1.proj_out.", "mid_block.attentions.0.to_out.0."), (".shortcut.", ".conv_shortcut."),
-        ("coder.norm_out.", "coder.conv_norm_out."),
-    ]:
-        key = key.replace(ours, theirs)
-    return key
-
-
-def test_kl_autoencoder_matches_diffusers():
+@pytest.mark.parametrize("case", ["paper-width", "tiny-with-attention"])
+def test_kl_autoencoder_matches_diffusers(case):
     """diffusers' AutoencoderKL reproduces the CompVis one; with the same weights ours must give the same numbers.
 
-    ch=128 so that every GroupNorm has 32 groups, as in diffusers (our tiny widths use fewer groups)."""
+    diffusers uses one GroupNorm group count everywhere: ch=128 gives our per-width rule's 32 groups; the tiny widths
+    need norm_groups=8 (which the peer benchmark sets). The second case also has attention at a level."""
     diffusers = pytest.importorskip("diffusers")
     torch.manual_seed(0)
-    cfg = AutoencoderConfig("kl", ch=128, ch_mult=(1, 2), num_res_blocks=1, z_channels=3, embed_dim=3)
+    if case == "paper-width":
+        cfg = AutoencoderConfig("kl", ch=128, ch_mult=(1, 2), num_res_blocks=1, z_channels=3, embed_dim=3)
+        groups, attn = 32, ()
+    else:
+        cfg = autoencoder_config("tiny-kl-f4", attn_resolutions=(4,), norm_groups=8)
+        groups, attn = 8, (False, False, True)
     ours = AutoencoderKL(cfg).eval()
+    with torch.no_grad():  # random norms and biases too, so a wrong mapping of any tensor shows
+        for p in ours.parameters():
+            p.add_(0.05 * torch.randn_like(p))
     peer = diffusers.AutoencoderKL(
-        block_out_channels=(128, 256), down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2, layers_per_block=1, latent_channels=3, norm_num_groups=32,
+        block_out_channels=tuple(cfg.ch * m for m in cfg.ch_mult),
+        down_block_types=tuple("AttnDownEncoderBlock2D" if a else "DownEncoderBlock2D" for a in attn or [False] * 2),
+        up_block_types=tuple("AttnUpDecoderBlock2D" if a else "UpDecoderBlock2D" for a in reversed(attn or [False] * 2)),
+        layers_per_block=cfg.num_res_blocks, latent_channels=3, norm_num_groups=groups,
     ).eval()
     peer_state = peer.state_dict()
-    mapped = {}
-    for key, value in ours.state_dict().items():
-        theirs = _to_diffusers_key(key)
-        assert theirs in peer_state, f"{key} -> {theirs} not in diffusers"
-        mapped[theirs] = value.reshape(peer_state[theirs].shape)  # 1x1 conv (C, C, 1, 1) -> linear (C, C)
-    assert set(mapped) == set(peer_state)
-    peer.load_state_dict(mapped)
-    x = _images(b=1, size=16)
+    names = diffusers_names(ours)
+    assert sorted(names.values()) == sorted(peer_state), "architectures differ"
+    # 1x1 conv (C, C, 1, 1) -> linear (C, C)
+    peer.load_state_dict({names[k]: v.reshape(peer_state[names[k]].shape) for k, v in ours.state_dict().items()})
+    x = _images(b=2, size=16)
     with torch.no_grad():
         post = ours.encode(x)
         peer_post = peer.encode(x).latent_dist
         torch.testing.assert_close(post.mean, peer_post.mean, rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(post.logvar, peer_post.logvar, rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(ours.decode(post.mean), peer.decode(peer_post.mean).sample, rtol=1e-4, atol=1e-5)
+
+
+def test_norm_groups_sets_every_group_norm_and_is_checked():
+    cfg = autoencoder_config("tiny-kl-f4")
+    default = {m.num_groups for m in AutoencoderKL(cfg).modules() if isinstance(m, torch.nn.GroupNorm)}
+    assert default == {8, 16}  # num_groups(width): 8 at width 32, 16 at width 64
+    fixed = AutoencoderKL(autoencoder_config("tiny-kl-f4", norm_groups=8))
+    assert {m.num_groups for m in fixed.modules() if isinstance(m, torch.nn.GroupNorm)} == {8}
+    with pytest.raises(ValueError, match="norm_groups=5 must be a positive divisor"):
+        autoencoder_config("tiny-kl-f4", norm_groups=5)
+
+
+def test_weights_are_channels_last_on_the_cpu_and_outputs_contiguous():
+    """ChannelsLastOnCPU: 4-D weights channels-last on the CPU (faster oneDNN convolutions, docs/performance.md);
+    opting out restores the usual layout; outputs are contiguous either way, and the numbers are the same."""
+    torch.manual_seed(0)
+    model = AutoencoderKL(autoencoder_config("tiny-kl-f4")).eval()
+    convs = [p for p in model.parameters() if p.ndim == 4 and p.shape[-1] > 1]
+    assert convs and all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
+    x = _images(b=2, size=16)
+    with torch.no_grad():
+        z, x_hat = model.encode(x).mean, model.decode(model.encode(x).mean)
+    assert x_hat.is_contiguous() and model.encode_latent(x).is_contiguous()
+    x_hat.view(2, -1)  # a caller's .view() works
+    model.cpu_channels_last = False
+    model.prefer_layout()
+    assert all(p.is_contiguous() for p in convs)
+    with torch.no_grad():
+        torch.testing.assert_close(model.decode(model.encode(x).mean), x_hat, rtol=1e-5, atol=1e-5)
+    model.cpu_channels_last = True
+    model.float()  # .to()/.float()/... re-apply the preferred layout
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
