@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test install clean-outputs exercises
+.PHONY: demo test install clean-outputs exercises benchmark
 
 install: $(STAMP)
 
@@ -37,3 +37,12 @@ clean-outputs:
 # the student notebooks (notebooks/) from the complete ones (solutions/); never replaces a learner's edits
 exercises: $(STAMP)
 	$(PY) -m ldm_minimal course build
+
+# issue 7: ours against diffusers (docs/results/peer.json), the course's own costs (docs/results/course_costs.json),
+# then docs/performance.md from them; run it on a quiet machine (about 20 minutes on 2 cores)
+benchmark: $(STAMP)
+	$(PY) benchmarks/peer.py --threads 1 --overwrite
+	$(PY) benchmarks/layout.py
+	$(PY) benchmarks/layout.py --threads 2 --out docs/results/layout_2threads.json
+	$(PY) benchmarks/course_cost.py
+	$(PY) benchmarks/performance_page.py

@@ -4,17 +4,27 @@ Matched pairs (parameter counts asserted equal within 1%, printed side by side):
 - UNet: ours vs ``UNet2DConditionModel`` built by ``diffusers_unet_like(cfg)`` (same widths, levels, attention
   placement, heads, context width, time-embedding width, GroupNorm groups, scale-shift norm). Our weights are copied
   into it, so both compute the same function (checked on one forward pass).
-- autoencoder: ours vs ``AutoencoderKL`` built by ``diffusers_vae_like(cfg)``.
+- autoencoder: ours vs ``AutoencoderKL`` built by ``diffusers_vae_like(cfg)``, ours with diffusers' single GroupNorm
+  group count (``norm_groups``); our weights are copied into it and encode and decode are checked to agree.
 - sampling, 50 DDIM steps with classifier-free guidance (scale 3) at batch B:
   (a) our ``ddim_sample`` on our UNet, (b) diffusers' ``DDIMScheduler`` driving our UNet with the same guidance,
   (c) diffusers' ``StableDiffusionPipeline`` (prompt embeddings given, latent output) on the matched UNet.
   All three start from the same x_T; the max |difference| of their samples is recorded as a correctness check.
 
-Every timing is the median of R repeats after one warm-up, ours and theirs interleaved repeat by repeat, on the same
-random inputs. On the CPU the clock is process CPU time (``time.process_time``; with --threads 1 this is what one
-core spends, and it is barely disturbed by other processes); on CUDA it is wall time with synchronisation.
-Forward-only passes run under ``torch.inference_mode``. Ratios are ours_throughput / theirs_throughput
-(> 1 = we are faster; for sampling, theirs_seconds / ours_seconds).
+Timing: R rounds (default 21) after one warm-up; in every round each contender runs once, interleaved, on the
+same inputs. A row's ratio is the median over rounds of the per-round ratio ours/theirs throughput, with a
+distribution-free 95% interval for that median (order statistics) and a verdict: "faster" (interval above 1),
+"slower" (below 1) or "same" (contains 1). Pairing within a round cancels the slow drifts of a shared machine.
+UNet and autoencoder rows also time diffusers run channels-last (``.to(memory_format=torch.channels_last)``, the
+layout our models use on the CPU; see ``ldm_minimal.utils.ChannelsLastOnCPU``), reported beside the default.
+On the CPU the clock is process CPU time (``time.process_time``; with --threads 1 this is what one core spends,
+and it is barely disturbed by other processes); on CUDA it is wall time with synchronisation. Forward-only passes
+run under ``torch.inference_mode``. Ratios are ours_throughput / theirs_throughput (> 1 = we are faster; for
+sampling, theirs_seconds / ours_seconds).
+
+On CUDA the run adds bf16-autocast and ``torch.compile`` rows and, for the training step (forward + backward, bf16)
+of each UNet size, the achieved matmul throughput: FLOPs counted by ``torch.utils.flop_counter`` divided by the
+step's time, as a fraction of a measured 8192^3 bf16 matmul and of the data-sheet peak.
 
 Peak memory: CUDA: ``torch.cuda.max_memory_allocated`` above the allocation before the step. CPU: tracemalloc does
 not see torch's allocations, and ``ru_maxrss`` is a process-lifetime high-water mark, so we reset the kernel's
@@ -32,9 +42,11 @@ With --quick and no --out the file goes to docs/results/quick/peer.json. An exis
 from __future__ import annotations
 
 import argparse
+import copy
 import ctypes
 import gc
 import json
+import math
 import os
 import platform
 import re
@@ -49,6 +61,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from ldm_minimal.autoencoder import AutoencoderConfig, AutoencoderKL, autoencoder_config, num_groups  # noqa: E402
+from ldm_minimal.autoencoder import diffusers_names as ae_diffusers_names  # noqa: E402
 from ldm_minimal.diffusion import GaussianDiffusion  # noqa: E402
 from ldm_minimal.latent_diffusion import ldm_config  # noqa: E402
 from ldm_minimal.samplers import ddim_sample, ddim_timesteps  # noqa: E402
@@ -109,12 +122,11 @@ def diffusers_vae_like(cfg: AutoencoderConfig):
 
     block_out_channels = ch * ch_mult, layers_per_block = num_res_blocks (the decoder has one more per level in
     both), latent_channels = embed_dim (= z_channels in every preset), mid-block attention (single head) in both,
-    Attn*Block2D at our attn_resolutions. GroupNorm: ours uses num_groups(width) per layer (32 at widths >= 128, as
-    diffusers; at the tiny widths 32 -> 8 groups and 64 -> 16 groups, at least 4 channels a group); diffusers has one
-    norm_num_groups for every layer, so we pass the largest count that divides every width and is <= ours at the
-    narrowest (8 for the tiny presets). GroupNorm's group count changes no parameter (the affine map is per
-    channel) and next to nothing of the cost. Our 1x1-conv q/k/v/proj of the mid attention are diffusers' Linear
-    layers (same parameters).
+    Attn*Block2D at our attn_resolutions. GroupNorm: diffusers has one norm_num_groups for every layer; we pass
+    ``cfg.norm_groups`` when it is set (the benchmark sets it, so both models compute the same function) and
+    otherwise ``matched_norm_groups(cfg)`` (our presets' default, num_groups(width) per layer, uses 16 groups at
+    width 64 in the tiny presets). Our 1x1-conv q/k/v/proj of the attention blocks are diffusers' Linear layers (same
+    parameters; ``ldm_minimal.autoencoder.diffusers_names`` maps the names).
     """
     from diffusers import AutoencoderKL as DiffusersAutoencoderKL
 
@@ -123,9 +135,7 @@ def diffusers_vae_like(cfg: AutoencoderConfig):
     if cfg.z_channels != cfg.embed_dim:
         raise ValueError("diffusers' AutoencoderKL has one latent width: needs z_channels == embed_dim.")
     widths = tuple(cfg.ch * m for m in cfg.ch_mult)
-    groups = min(num_groups(w) for w in widths)
-    while any(w % groups for w in widths):
-        groups -= 1
+    groups = cfg.norm_groups or matched_norm_groups(cfg)
     attn = [2**i in cfg.attn_resolutions for i in range(len(widths))]
     return DiffusersAutoencoderKL(
         in_channels=cfg.in_channels, out_channels=cfg.out_channels, block_out_channels=widths,
@@ -164,26 +174,123 @@ class Clock:
         return time.process_time() if self.cpu_time else time.perf_counter()
 
 
-def time_pair(fn_ours, fn_theirs, clock: Clock, repeats: int, warmup: int = 1) -> tuple[float, float]:
-    """Median seconds per call of each function, repeats interleaved (ours, theirs, ours, ...)."""
+def time_group(fns: dict, clock: Clock, repeats: int, warmup: int = 1) -> dict[str, list[float]]:
+    """Seconds per call of each function, ``repeats`` rounds, the functions interleaved in every round."""
     for _ in range(warmup):
-        fn_ours()
-        fn_theirs()
-    a, b = [], []
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(repeats):
-        for fn, acc in ((fn_ours, a), (fn_theirs, b)):
+        for key, fn in fns.items():
             t0 = clock()
             fn()
-            acc.append(clock() - t0)
-    return statistics.median(a), statistics.median(b)
+            times[key].append(clock() - t0)
+    return times
 
 
-def throughput_row(name: str, size: str, batch: int, s_ours: float, s_theirs: float, extra: dict | None = None) -> dict:
-    ours, theirs = batch / s_ours, batch / s_theirs
-    row = {"measurement": name, "size": size, "batch": batch, "unit": "images/s", "ours": ours, "theirs": theirs,
-           "ratio": ours / theirs, "ours_seconds_per_batch": s_ours, "theirs_seconds_per_batch": s_theirs}
+def median_ci(values: list[float], confidence: float = 0.95) -> tuple[float, float, float]:
+    """Median and a distribution-free confidence interval for it (order statistics of the sorted sample).
+
+    The interval [v_(k), v_(n+1-k)] covers the true median with probability >= ``confidence`` when k is the
+    largest integer with P(Binomial(n, 1/2) < k) <= (1 - confidence) / 2. With fewer than 6 values no such
+    k exists at 95%, and the interval is the sample's range.
+    """
+    v = sorted(values)
+    n = len(v)
+    tail, k = 0.0, 0
+    while k < n:
+        p = math.comb(n, k) / 2**n
+        if tail + p > (1 - confidence) / 2:
+            break
+        tail += p
+        k += 1
+    lo, hi = (v[k - 1], v[n - k]) if k > 0 else (v[0], v[-1])
+    return statistics.median(v), lo, hi
+
+
+def paired_ratio(t_ours: list[float], t_theirs: list[float]) -> dict:
+    """ours/theirs throughput per round (= t_theirs / t_ours of the same round), its median and 95% interval.
+
+    Pairing the two measurements of one round cancels the slow drifts of a shared machine (clock speed, other
+    processes), which move both; the verdict says whether the interval lies above 1, below 1, or contains it.
+    """
+    m, lo, hi = median_ci([b / a for a, b in zip(t_ours, t_theirs)])
+    verdict = "faster" if lo > 1 else "slower" if hi < 1 else "same (interval contains 1)"
+    return {"ratio": m, "ratio_ci95": [lo, hi], "verdict": verdict, "rounds": len(t_ours)}
+
+
+def throughput_row(name: str, size: str, batch: int, t_ours: list[float], t_theirs: list[float],
+                   extra: dict | None = None) -> dict:
+    s_ours, s_theirs = statistics.median(t_ours), statistics.median(t_theirs)
+    row = {"measurement": name, "size": size, "batch": batch, "unit": "images/s", "ours": batch / s_ours,
+           "theirs": batch / s_theirs, **paired_ratio(t_ours, t_theirs),
+           "ours_seconds_per_batch": s_ours, "theirs_seconds_per_batch": s_theirs}
     row.update(extra or {})
     return row
+
+
+def without_channels_last(model: torch.nn.Module) -> torch.nn.Module | None:
+    """A copy of our model in the usual N, C, H, W layout (None where ours is not channels-last anyway: CUDA)."""
+    if next(model.parameters()).device.type != "cpu" or not getattr(model, "cpu_channels_last", False):
+        return None
+    twin = copy.deepcopy(model)
+    twin.cpu_channels_last = False
+    twin.prefer_layout()
+    return twin
+
+
+def layout_entries(batch: int, tg: dict[str, list[float]]) -> dict:
+    """The memory-layout comparisons of the same rounds: ours against diffusers run channels-last
+    (``.to(memory_format=torch.channels_last)``), and ours without channels-last against diffusers' default."""
+    out = {"vs_diffusers_channels_last": {"theirs": batch / statistics.median(tg["theirs_cl"]),
+                                          **paired_ratio(tg["ours"], tg["theirs_cl"])}}
+    if "ours_nchw" in tg:
+        out["ours_without_channels_last"] = {"ours": batch / statistics.median(tg["ours_nchw"]),
+                                             **paired_ratio(tg["ours_nchw"], tg["theirs"])}
+    return out
+
+
+# Dense bf16 matmul peak of common GPUs (vendor data sheets, TFLOP/s without sparsity), for the utilisation figure.
+SPEC_BF16_TFLOPS = {"H100 80GB HBM3": 989.0, "H100 PCIe": 756.0, "H100 NVL": 835.0, "H200": 989.0,
+                    "A100": 312.0, "L4": 121.0, "L40S": 362.0, "A10": 125.0, "RTX 4090": 165.0}
+
+
+def training_step_flops(model: torch.nn.Module, call) -> int:
+    """Floating-point operations of one forward + backward pass (torch.utils.flop_counter: matmuls, convolutions,
+    attention; 2 per multiply-add), counted on the real shapes."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        call(model).float().square().mean().backward()
+    model.zero_grad(set_to_none=True)
+    return int(counter.get_total_flops())
+
+
+def matmul_peak_tflops(device: torch.device, n: int = 8192, repeats: int = 20) -> float:
+    """Measured bf16 matmul throughput (n x n times n x n), the achievable peak of this device."""
+    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    torch.cuda.synchronize(device)
+    return 2 * n**3 * repeats / (time.perf_counter() - t0) / 1e12
+
+
+def matmul_utilisation(model: torch.nn.Module, call, seconds: float, device: torch.device) -> dict:
+    """Achieved fraction of the GPU's matmul peak for one bf16 training step that took ``seconds``."""
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        flops = training_step_flops(model, call)
+    achieved = flops / seconds / 1e12
+    name = torch.cuda.get_device_name(device)
+    spec = next((v for k, v in SPEC_BF16_TFLOPS.items() if k in name), None)
+    measured = matmul_peak_tflops(device)
+    return {"flops_per_step": flops, "seconds_per_step": seconds, "achieved_tflops": achieved,
+            "matmul_peak_measured_tflops": measured, "fraction_of_measured_peak": achieved / measured,
+            "spec_bf16_tflops": spec, "fraction_of_spec_peak": achieved / spec if spec else None, "gpu": name}
 
 
 # ============================================================================================== CPU peak memory
@@ -320,12 +427,21 @@ def unet_rows(size: str, batch: int, device: torch.device, clock: Clock, repeats
 
     call_ours = lambda m: m(x, t, ctx)  # noqa: E731
     call_theirs = lambda m: m(x, t, ctx, return_dict=False)[0]  # noqa: E731
+    # diffusers as a user who knows the trick would run it: weights and input channels-last
+    theirs_cl = copy.deepcopy(theirs).to(memory_format=torch.channels_last)
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    call_theirs_cl = lambda m: m(x_cl, t, ctx, return_dict=False)[0]  # noqa: E731
+    ours_nchw = without_channels_last(ours)
     extra = {"input": info["input"], "params_ours": params["ours"], "params_theirs": params["theirs"]}
     rows = []
-    s = time_pair(fwd(ours, call_ours), fwd(theirs, call_theirs), clock, repeats)
-    rows.append(throughput_row("unet forward", size, batch, *s, extra))
-    s = time_pair(fwd_bwd(ours, call_ours), fwd_bwd(theirs, call_theirs), clock, repeats)
-    rows.append(throughput_row("unet forward+backward", size, batch, *s, extra))
+    for name, wrap in (("unet forward", fwd), ("unet forward+backward", fwd_bwd)):
+        fns = {"ours": wrap(ours, call_ours), "theirs": wrap(theirs, call_theirs),
+               "theirs_cl": wrap(theirs_cl, call_theirs_cl)}
+        if ours_nchw is not None:
+            fns["ours_nchw"] = wrap(ours_nchw, call_ours)
+        tg = time_group(fns, clock, repeats)
+        rows.append(throughput_row(name, size, batch, tg["ours"], tg["theirs"], {**extra, **layout_entries(batch, tg)}))
+    del theirs_cl, ours_nchw
 
     if device.type == "cuda":
         def bf16(fn):
@@ -333,14 +449,17 @@ def unet_rows(size: str, batch: int, device: torch.device, clock: Clock, repeats
                 with torch.autocast("cuda", dtype=torch.bfloat16):
                     fn()
             return run
-        s = time_pair(bf16(fwd(ours, call_ours)), bf16(fwd(theirs, call_theirs)), clock, repeats)
-        rows.append(throughput_row("unet forward bf16 autocast", size, batch, *s, extra))
-        s = time_pair(bf16(fwd_bwd(ours, call_ours)), bf16(fwd_bwd(theirs, call_theirs)), clock, repeats)
-        rows.append(throughput_row("unet forward+backward bf16 autocast", size, batch, *s, extra))
+        tg = time_group({"ours": bf16(fwd(ours, call_ours)), "theirs": bf16(fwd(theirs, call_theirs))}, clock, repeats)
+        rows.append(throughput_row("unet forward bf16 autocast", size, batch, tg["ours"], tg["theirs"], extra))
+        tg = time_group({"ours": bf16(fwd_bwd(ours, call_ours)), "theirs": bf16(fwd_bwd(theirs, call_theirs))},
+                        clock, repeats)
+        rows.append(throughput_row("unet forward+backward bf16 autocast", size, batch, tg["ours"], tg["theirs"], extra))
+        info["training_step_bf16"] = matmul_utilisation(ours, call_ours, statistics.median(tg["ours"]), device)
         try:
             c_ours, c_theirs = torch.compile(ours), torch.compile(theirs)
-            s = time_pair(fwd(c_ours, call_ours), fwd(c_theirs, call_theirs), clock, repeats, warmup=2)
-            rows.append(throughput_row("unet forward torch.compile", size, batch, *s, extra))
+            tg = time_group({"ours": fwd(c_ours, call_ours), "theirs": fwd(c_theirs, call_theirs)}, clock, repeats,
+                            warmup=2)
+            rows.append(throughput_row("unet forward torch.compile", size, batch, tg["ours"], tg["theirs"], extra))
         except Exception as e:  # compile needs a working toolchain (triton); record why not
             rows.append({"measurement": "unet forward torch.compile", "size": size, "skipped": f"{type(e).__name__}: {e}"})
     else:
@@ -362,15 +481,35 @@ AE_SIZES = {
 
 
 def ae_rows(size: str, batch: int, device: torch.device, clock: Clock, repeats: int) -> tuple[list, dict]:
-    cfg = autoencoder_config(AE_SIZES[size]["preset"])
+    preset = AE_SIZES[size]["preset"]
+    # diffusers has one GroupNorm group count; ours is built with the same one (norm_groups), so both compute the
+    # same function (our presets' per-width counts differ from it only at the tiny widths)
+    groups = matched_norm_groups(autoencoder_config(preset))
+    cfg = autoencoder_config(preset, norm_groups=groups)
     torch.manual_seed(0)
-    ours = AutoencoderKL(cfg).to(device).eval()
-    theirs = diffusers_vae_like(cfg).to(device).eval()
-    params = check_params(f"autoencoder {size} ({AE_SIZES[size]['preset']})", n_params(ours), n_params(theirs))
+    ours = AutoencoderKL(cfg).eval()
+    _perturb(ours, 4)
+    theirs = diffusers_vae_like(cfg).eval()
+    names, their_sd = ae_diffusers_names(ours), theirs.state_dict()
+    theirs.load_state_dict({names[n]: v.reshape(their_sd[names[n]].shape) for n, v in ours.state_dict().items()})
+    ours, theirs = ours.to(device), theirs.to(device)
+    params = check_params(f"autoencoder {size} ({preset})", n_params(ours), n_params(theirs))
     g = torch.Generator().manual_seed(2)
     s = AE_SIZES[size]["image"]
     x = (torch.rand(batch, cfg.in_channels, s, s, generator=g) * 2 - 1).to(device)
     z = torch.randn(batch, cfg.embed_dim, s // cfg.f, s // cfg.f, generator=g).to(device)
+    with torch.inference_mode():
+        enc_o, enc_t = ours.encode(x).mean, theirs.encode(x).latent_dist.mean
+        dec_o, dec_t = ours.decode(z), theirs.decode(z).sample
+    check = {"norm_groups": groups, "encode_max_abs_difference": float((enc_o - enc_t).abs().max()),
+             "encode_output_max_abs": float(enc_o.abs().max()),
+             "decode_max_abs_difference": float((dec_o - dec_t).abs().max()),
+             "decode_output_max_abs": float(dec_o.abs().max())}
+    print(f"[check] autoencoder {size}: same weights, GroupNorm groups {groups}: encode max |ours - diffusers| = "
+          f"{check['encode_max_abs_difference']:.2e}, decode {check['decode_max_abs_difference']:.2e}")
+    theirs_cl = copy.deepcopy(theirs).to(memory_format=torch.channels_last)
+    x_cl, z_cl = x.contiguous(memory_format=torch.channels_last), z.contiguous(memory_format=torch.channels_last)
+    ours_nchw = without_channels_last(ours)
 
     def run(fn):
         def go():
@@ -379,13 +518,30 @@ def ae_rows(size: str, batch: int, device: torch.device, clock: Clock, repeats: 
         return go
 
     extra = {"input": f"{cfg.in_channels}x{s}x{s} <-> {cfg.embed_dim}x{s // cfg.f}x{s // cfg.f}",
-             "params_ours": params["ours"], "params_theirs": params["theirs"], "preset": AE_SIZES[size]["preset"]}
+             "params_ours": params["ours"], "params_theirs": params["theirs"], "preset": preset, "norm_groups": groups}
     rows = []
-    t = time_pair(run(lambda: ours.encode(x).mean), run(lambda: theirs.encode(x).latent_dist.mean), clock, repeats)
-    rows.append(throughput_row("autoencoder encode", size, batch, *t, extra))
-    t = time_pair(run(lambda: ours.decode(z)), run(lambda: theirs.decode(z).sample), clock, repeats)
-    rows.append(throughput_row("autoencoder decode", size, batch, *t, extra))
-    return rows, {"params": params, "config": dataclass_dict(cfg)}
+    for name, fns in (
+        ("autoencoder encode", {"ours": run(lambda: ours.encode(x).mean),
+                                "theirs": run(lambda: theirs.encode(x).latent_dist.mean),
+                                "theirs_cl": run(lambda: theirs_cl.encode(x_cl).latent_dist.mean)}
+         | ({"ours_nchw": run(lambda: ours_nchw.encode(x).mean)} if ours_nchw is not None else {})),
+        ("autoencoder decode", {"ours": run(lambda: ours.decode(z)), "theirs": run(lambda: theirs.decode(z).sample),
+                                "theirs_cl": run(lambda: theirs_cl.decode(z_cl).sample)}
+         | ({"ours_nchw": run(lambda: ours_nchw.decode(z))} if ours_nchw is not None else {})),
+    ):
+        tg = time_group(fns, clock, repeats)
+        rows.append(throughput_row(name, size, batch, tg["ours"], tg["theirs"], {**extra, **layout_entries(batch, tg)}))
+    return rows, {"params": params, "config": dataclass_dict(cfg), "check": check}
+
+
+def matched_norm_groups(cfg: AutoencoderConfig) -> int:
+    """The one GroupNorm group count for both models: the largest that divides every width and is at most our
+    per-width count at the narrowest level (32 for the paper's widths, 8 for the tiny presets)."""
+    widths = [cfg.ch * m for m in cfg.ch_mult]
+    groups = min(num_groups(w) for w in widths)
+    while any(w % groups for w in widths):
+        groups -= 1
+    return groups
 
 
 def dataclass_dict(cfg) -> dict:
@@ -458,23 +614,16 @@ def sampling_rows(size: str, batch: int, steps: int, device: torch.device, clock
     print(f"[check] sampling {size}: max |(a) - (b)| = {diff_ab:.2e}, max |(a) - (c)| = {diff_ac:.2e} "
           f"(sample scale {float(sa.abs().max()):.2f})")
 
-    # the three timed together, interleaved
-    times = {"a": [], "b": [], "c": []}
-    for fn in (run_a, run_b, run_c):
-        fn()  # warm-up
-    for _ in range(repeats):
-        for key, fn in (("a", run_a), ("b", run_b), ("c", run_c)):
-            t0 = clock()
-            fn()
-            times[key].append(clock() - t0)
-    med = {k: statistics.median(v) / batch for k, v in times.items()}  # seconds per image
+    # the three timed together, interleaved; ratios per round: theirs_seconds / ours_seconds (> 1 = we are faster)
+    tg = time_group({"a": run_a, "b": run_b, "c": run_c}, clock, repeats)
+    med = {k: statistics.median(v) / batch for k, v in tg.items()}  # seconds per image
     base = {"size": size, "batch": batch, "unit": "s/image", "steps": steps, "guidance_scale": guidance,
             "input": f"{cfg.in_channels}x{h}x{h} + context {tokens}x{width}"}
     rows = [
         {"measurement": "sampling DDIM: ours vs diffusers DDIMScheduler on our UNet", **base,
-         "ours": med["a"], "theirs": med["b"], "ratio": med["b"] / med["a"], "max_abs_sample_difference": diff_ab},
+         "ours": med["a"], "theirs": med["b"], **paired_ratio(tg["a"], tg["b"]), "max_abs_sample_difference": diff_ab},
         {"measurement": "sampling DDIM: ours vs diffusers pipeline on the matched UNet", **base,
-         "ours": med["a"], "theirs": med["c"], "ratio": med["c"] / med["a"], "max_abs_sample_difference": diff_ac},
+         "ours": med["a"], "theirs": med["c"], **paired_ratio(tg["a"], tg["c"]), "max_abs_sample_difference": diff_ac},
     ]
     info = {"schedule": {"ours": {"schedule": dcfg.schedule, "beta_start": dcfg.beta_start, "beta_end": dcfg.beta_end,
                                   "T": dcfg.T, "timesteps": ts_ours},
@@ -483,23 +632,52 @@ def sampling_rows(size: str, batch: int, steps: int, device: torch.device, clock
                                                                       "timestep_spacing", "set_alpha_to_one",
                                                                       "clip_sample", "prediction_type")}},
             "max_abs_difference_a_b": diff_ab, "max_abs_difference_a_c": diff_ac, "same_weights": same_weights,
-            "sample_max_abs": float(sa.abs().max())}
+            "sample_max_abs": float(sa.abs().max()),
+            "sampler_overhead_ms_per_step": sampler_overhead(diffusion, x_T, ctx, null, guidance, steps, clock, repeats)}
     return rows, info
+
+
+def sampler_overhead(diffusion: GaussianDiffusion, x_T, ctx, null, guidance: float, steps: int, clock: Clock,
+                     repeats: int) -> dict:
+    """The samplers' own cost per step, the network left out: (a) and (b) above with a model that returns 0.1 x.
+    Shows how much of a sampling row is the sampler (next to nothing) and how much the UNet."""
+    model = lambda x, t, context=None: x * 0.1  # noqa: E731
+    sched = matched_ddim_scheduler(diffusion)
+    batch = x_T.shape[0]
+
+    def ours():
+        ddim_sample(model, diffusion, None, steps=steps, cond={"context": ctx}, uncond={"context": null},
+                    guidance_scale=guidance, x_T=x_T, progress=False)
+
+    def theirs():
+        sched.set_timesteps(steps)
+        x = x_T.clone()
+        with torch.inference_mode():
+            both = torch.cat([null, ctx])
+            for t in sched.timesteps:
+                out_u, out_c = model(torch.cat([x, x]), t.reshape(1).expand(2 * batch), both).chunk(2)
+                x = sched.step(out_u + guidance * (out_c - out_u), t, x, eta=0.0, return_dict=False)[0]
+
+    tg = time_group({"ours": ours, "theirs": theirs}, clock, repeats)
+    return {"ours": statistics.median(tg["ours"]) / steps * 1e3,
+            "diffusers_scheduler": statistics.median(tg["theirs"]) / steps * 1e3}
 
 
 # ============================================================================================== main
 def markdown(rows: list[dict]) -> str:
-    lines = ["| measurement | size | batch | ours | diffusers | unit | ratio (ours/diffusers, >1 = faster) |",
-             "|---|---|---|---|---|---|---|"]
+    """The results as a markdown table (printed at the end of a run; benchmarks/performance_page.py writes the page)."""
+    lines = ["| measurement | size | batch | ours | diffusers | unit | ratio [95% interval] | verdict |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "skipped" in r:
-            lines.append(f"| {r['measurement']} | {r['size']} | | | | | skipped: {r['skipped']} |")
+            lines.append(f"| {r['measurement']} | {r['size']} | | | | | skipped: {r['skipped']} | |")
             continue
-        fmt = (lambda v: f"{v / 2**20:.1f}") if r["unit"] == "MiB" else (lambda v: f"{v:.4g}")
-        ours = fmt(r["ours"]) if r["ours"] is not None else "n/a"
-        theirs = fmt(r["theirs"]) if r["theirs"] is not None else "n/a"
-        ratio = f"{r['ratio']:.3f}" if r.get("ratio") is not None else "n/a"
-        lines.append(f"| {r['measurement']} | {r['size']} | {r['batch']} | {ours} | {theirs} | {r['unit']} | {ratio} |")
+        fmt = lambda v: "n/a" if v is None else f"{v:.4g}"  # noqa: E731
+        ratio = "n/a" if r.get("ratio") is None else f"{r['ratio']:.3f}"
+        if "ratio_ci95" in r:
+            ratio += " [{:.3f}, {:.3f}]".format(*r["ratio_ci95"])
+        lines.append(f"| {r['measurement']} | {r['size']} | {r['batch']} | {fmt(r['ours'])} | {fmt(r['theirs'])} | "
+                     f"{r['unit']} | {ratio} | {r.get('verdict', '')} |")
     lines += ["", "Ratios: images/s rows ours / diffusers; s/image rows diffusers / ours; MiB rows diffusers / ours. "
               "Above 1 means ours is faster (or uses less memory)."]
     return "\n".join(lines)
@@ -509,7 +687,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="smoke run: tiny size, 1 repeat, batch 2, 10 DDIM steps")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: CPU time of one core)")
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=21, help="timed rounds per row (the 95%% interval needs >= 6)")
     p.add_argument("--steps", type=int, default=50, help="DDIM steps for the sampling rows")
     p.add_argument("--sizes", default="tiny,default", help="comma-separated subset of: " + ",".join(SIZES))
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -544,11 +722,14 @@ def main(argv: list[str] | None = None) -> int:
         params[f"unet:{size}"] = info["params"]
         checks[f"unet:{size}"] = {k: info[k] for k in ("same_weights", "forward_max_abs_difference",
                                                         "forward_output_max_abs", "input")}
+        if "training_step_bf16" in info:
+            checks[f"unet:{size}"]["training_step_bf16"] = info["training_step_bf16"]
     for size in sizes:
         batch = 2 if args.quick else AE_SIZES[size][key]
         r, info = ae_rows(size, batch, device, clock, repeats)
         rows += r
         params[f"autoencoder:{size}"] = info["params"]
+        checks[f"autoencoder:{size}"] = info["check"]
     for size in sizes:
         if size != "tiny" and device.type != "cuda":
             continue  # 3 x 50 guided steps of the default UNet: minutes of CPU for no new information
@@ -566,7 +747,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             mo, mt = peak_bytes(fo, device, cpu_peak), peak_bytes(ft, device, cpu_peak)
             # memory is a cost: ratio theirs / ours (> 1 = we use less)
-            row.update({"ours": mo, "theirs": mt, "ratio": (mt / mo) if mo else None,
+            row.update({"ours": mo / 2**20 if mo is not None else None, "theirs": mt / 2**20 if mt is not None else None,
+                        "ratio": (mt / mo) if mo else None,
                         "ratio_meaning": "theirs_bytes / ours_bytes (> 1 = we use less)"})
         rows.append(row)
 
