@@ -49,9 +49,9 @@ def run_measured(cmd: list[str], cwd: Path, env: dict | None = None, log: Path |
     finally:
         if log:
             out.close()
-    proc.returncode = os.waitstatus_to_exitcode(status)
     # Linux reports ru_maxrss in KiB
-    return {"wall_s": round(wall, 1), "peak_rss_mb": round(usage.ru_maxrss / 1024), "returncode": proc.returncode}
+    return {"wall_s": round(wall, 1), "peak_rss_mb": round(usage.ru_maxrss / 1024),
+            "returncode": os.waitstatus_to_exitcode(status)}
 
 
 def machine() -> str:

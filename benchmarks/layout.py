@@ -25,8 +25,9 @@ import peer  # noqa: E402
 from ldm_minimal.autoencoder import AutoencoderKL, autoencoder_config  # noqa: E402
 
 
-def compare(name: str, fn, cl_model, nchw_model, clock: peer.Clock, rounds: int) -> dict:
-    tg = peer.time_group({"channels_last": fn(cl_model), "nchw": fn(nchw_model)}, clock, rounds)
+def compare(name: str, step, call, cl_model, nchw_model, clock: peer.Clock, rounds: int) -> dict:
+    """``step`` (peer.forward_pass or peer.training_step) of ``call`` on the two layouts, interleaved."""
+    tg = peer.time_group({"channels_last": step(cl_model, call), "nchw": step(nchw_model, call)}, clock, rounds)
     r = peer.paired_ratio(tg["channels_last"], tg["nchw"])  # nchw seconds / channels-last seconds
     row = {"measurement": name, "channels_last_ms": statistics.median(tg["channels_last"]) * 1e3,
            "nchw_ms": statistics.median(tg["nchw"]) * 1e3, "speedup": r["ratio"], "speedup_ci95": r["ratio_ci95"],
@@ -46,35 +47,21 @@ def main(argv: list[str] | None = None) -> int:
     clock = peer.Clock(torch.device("cpu"), args.threads)
     rows = []
 
-    def inference(call):
-        def make(m):
-            def run():
-                with torch.inference_mode():
-                    call(m)
-            return run
-        return make
-
-    def training(call):
-        def make(m):
-            def run():
-                call(m).square().mean().backward()
-                m.zero_grad(set_to_none=True)
-            return run
-        return make
-
     for preset, batch, size in (("tiny-kl-f4", 8, 32), ("tiny-kl-f2", 16, 32), ("kl-f4", 2, 64)):
         torch.manual_seed(0)
         ours = AutoencoderKL(autoencoder_config(preset)).eval()
         nchw = peer.without_channels_last(ours)
         x = torch.rand(batch, 3, size, size) * 2 - 1
         z = torch.randn(batch, ours.latent_channels, size // ours.f, size // ours.f)
-        rows.append(compare(f"autoencoder {preset} encode, batch {batch}", inference(lambda m: m.encode(x).mean),
+        rows.append(compare(f"autoencoder {preset} encode, batch {batch}", peer.forward_pass,
+                            lambda m: m.encode(x).mean,
                             ours, nchw, clock, args.rounds))
-        rows.append(compare(f"autoencoder {preset} decode, batch {batch}", inference(lambda m: m.decode(z)),
+        rows.append(compare(f"autoencoder {preset} decode, batch {batch}", peer.forward_pass, lambda m: m.decode(z),
                             ours, nchw, clock, args.rounds))
         if preset == "tiny-kl-f2":  # the cpu preset's first stage: its training step (reconstruction path)
             ours.train(), nchw.train()
-            rows.append(compare(f"autoencoder {preset} training step, batch {batch}", training(lambda m: m(x)[0]),
+            rows.append(compare(f"autoencoder {preset} training step, batch {batch}", peer.training_step,
+                                lambda m: m(x)[0],
                                 ours, nchw, clock, args.rounds))
     for size, batch in (("tiny", 8), ("tiny", 32), ("default", 4)):
         cfg, ours, _, _, (tokens, width) = peer.build_unet_pair(size, torch.device("cpu"))
@@ -83,10 +70,10 @@ def main(argv: list[str] | None = None) -> int:
         x = torch.randn(batch, cfg.in_channels, 16, 16, generator=g)
         t = torch.randint(0, 1000, (batch,), generator=g)
         ctx = torch.randn(batch, tokens, width, generator=g)
-        rows.append(compare(f"unet {size} forward, batch {batch}", inference(lambda m: m(x, t, ctx)),
+        rows.append(compare(f"unet {size} forward, batch {batch}", peer.forward_pass, lambda m: m(x, t, ctx),
                             ours, nchw, clock, args.rounds))
         rows.append(compare(f"unet {size} training step, batch {batch}" + (" (the cpu preset's)" if batch == 32 else ""),
-                            training(lambda m: m(x, t, ctx)), ours, nchw, clock, args.rounds))
+                            peer.training_step, lambda m: m(x, t, ctx), ours, nchw, clock, args.rounds))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     info = {"threads": args.threads, "rounds": args.rounds, "clock": clock.name, "torch": torch.__version__,

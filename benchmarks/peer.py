@@ -188,6 +188,22 @@ def time_group(fns: dict, clock: Clock, repeats: int, warmup: int = 1) -> dict[s
     return times
 
 
+def forward_pass(model: torch.nn.Module, call):
+    """A timed forward pass: ``call(model)`` under ``torch.inference_mode``."""
+    def run():
+        with torch.inference_mode():
+            call(model)
+    return run
+
+
+def training_step(model: torch.nn.Module, call):
+    """A timed training step: ``call(model)``, a mean-square loss, backward; the gradients are cleared after."""
+    def run():
+        call(model).square().mean().backward()
+        model.zero_grad(set_to_none=True)
+    return run
+
+
 def median_ci(values: list[float], confidence: float = 0.95) -> tuple[float, float, float]:
     """Median and a distribution-free confidence interval for it (order statistics of the sorted sample).
 
@@ -261,8 +277,7 @@ def training_step_flops(model: torch.nn.Module, call) -> int:
     from torch.utils.flop_counter import FlopCounterMode
 
     with FlopCounterMode(display=False) as counter:
-        call(model).float().square().mean().backward()
-    model.zero_grad(set_to_none=True)
+        training_step(model, call)()
     return int(counter.get_total_flops())
 
 
@@ -413,18 +428,6 @@ def unet_rows(size: str, batch: int, device: torch.device, clock: Clock, repeats
     print(f"[check] UNet {size}: same weights={same_weights}, forward max |ours - diffusers| = {max_diff:.2e} "
           f"(output max |eps| {float(a.abs().max()):.2f})")
 
-    def fwd(m, call):
-        def run():
-            with torch.inference_mode():
-                call(m)
-        return run
-
-    def fwd_bwd(m, call):
-        def run():
-            call(m).square().mean().backward()
-            m.zero_grad(set_to_none=True)
-        return run
-
     call_ours = lambda m: m(x, t, ctx)  # noqa: E731
     call_theirs = lambda m: m(x, t, ctx, return_dict=False)[0]  # noqa: E731
     # diffusers as a user who knows the trick would run it: weights and input channels-last
@@ -434,7 +437,7 @@ def unet_rows(size: str, batch: int, device: torch.device, clock: Clock, repeats
     ours_nchw = without_channels_last(ours)
     extra = {"input": info["input"], "params_ours": params["ours"], "params_theirs": params["theirs"]}
     rows = []
-    for name, wrap in (("unet forward", fwd), ("unet forward+backward", fwd_bwd)):
+    for name, wrap in (("unet forward", forward_pass), ("unet forward+backward", training_step)):
         fns = {"ours": wrap(ours, call_ours), "theirs": wrap(theirs, call_theirs),
                "theirs_cl": wrap(theirs_cl, call_theirs_cl)}
         if ours_nchw is not None:
@@ -449,15 +452,18 @@ def unet_rows(size: str, batch: int, device: torch.device, clock: Clock, repeats
                 with torch.autocast("cuda", dtype=torch.bfloat16):
                     fn()
             return run
-        tg = time_group({"ours": bf16(fwd(ours, call_ours)), "theirs": bf16(fwd(theirs, call_theirs))}, clock, repeats)
+        tg = time_group({"ours": bf16(forward_pass(ours, call_ours)),
+                         "theirs": bf16(forward_pass(theirs, call_theirs))}, clock, repeats)
         rows.append(throughput_row("unet forward bf16 autocast", size, batch, tg["ours"], tg["theirs"], extra))
-        tg = time_group({"ours": bf16(fwd_bwd(ours, call_ours)), "theirs": bf16(fwd_bwd(theirs, call_theirs))},
+        tg = time_group({"ours": bf16(training_step(ours, call_ours)),
+                         "theirs": bf16(training_step(theirs, call_theirs))},
                         clock, repeats)
         rows.append(throughput_row("unet forward+backward bf16 autocast", size, batch, tg["ours"], tg["theirs"], extra))
         info["training_step_bf16"] = matmul_utilisation(ours, call_ours, statistics.median(tg["ours"]), device)
         try:
             c_ours, c_theirs = torch.compile(ours), torch.compile(theirs)
-            tg = time_group({"ours": fwd(c_ours, call_ours), "theirs": fwd(c_theirs, call_theirs)}, clock, repeats,
+            tg = time_group({"ours": forward_pass(c_ours, call_ours), "theirs": forward_pass(c_theirs, call_theirs)},
+                            clock, repeats,
                             warmup=2)
             rows.append(throughput_row("unet forward torch.compile", size, batch, tg["ours"], tg["theirs"], extra))
         except Exception as e:  # compile needs a working toolchain (triton); record why not
@@ -467,8 +473,9 @@ def unet_rows(size: str, batch: int, device: torch.device, clock: Clock, repeats
             rows.append({"measurement": name, "size": size, "skipped": "CUDA not available (CPU run)"})
 
     # peak memory: measured later (after all timings) on the CPU, see CpuPeak
-    mem.append(("unet forward", size, batch, fwd(ours, call_ours), fwd(theirs, call_theirs)))
-    mem.append(("unet forward+backward", size, batch, fwd_bwd(ours, call_ours), fwd_bwd(theirs, call_theirs)))
+    mem.append(("unet forward", size, batch, forward_pass(ours, call_ours), forward_pass(theirs, call_theirs)))
+    mem.append(("unet forward+backward", size, batch, training_step(ours, call_ours),
+                training_step(theirs, call_theirs)))
     return rows, info
 
 
@@ -511,23 +518,18 @@ def ae_rows(size: str, batch: int, device: torch.device, clock: Clock, repeats: 
     x_cl, z_cl = x.contiguous(memory_format=torch.channels_last), z.contiguous(memory_format=torch.channels_last)
     ours_nchw = without_channels_last(ours)
 
-    def run(fn):
-        def go():
-            with torch.inference_mode():
-                fn()
-        return go
-
     extra = {"input": f"{cfg.in_channels}x{s}x{s} <-> {cfg.embed_dim}x{s // cfg.f}x{s // cfg.f}",
              "params_ours": params["ours"], "params_theirs": params["theirs"], "preset": preset, "norm_groups": groups}
     rows = []
     for name, fns in (
-        ("autoencoder encode", {"ours": run(lambda: ours.encode(x).mean),
-                                "theirs": run(lambda: theirs.encode(x).latent_dist.mean),
-                                "theirs_cl": run(lambda: theirs_cl.encode(x_cl).latent_dist.mean)}
-         | ({"ours_nchw": run(lambda: ours_nchw.encode(x).mean)} if ours_nchw is not None else {})),
-        ("autoencoder decode", {"ours": run(lambda: ours.decode(z)), "theirs": run(lambda: theirs.decode(z).sample),
-                                "theirs_cl": run(lambda: theirs_cl.decode(z_cl).sample)}
-         | ({"ours_nchw": run(lambda: ours_nchw.decode(z))} if ours_nchw is not None else {})),
+        ("autoencoder encode", {"ours": forward_pass(ours, lambda m: m.encode(x).mean),
+                                "theirs": forward_pass(theirs, lambda m: m.encode(x).latent_dist.mean),
+                                "theirs_cl": forward_pass(theirs_cl, lambda m: m.encode(x_cl).latent_dist.mean)}
+         | ({"ours_nchw": forward_pass(ours_nchw, lambda m: m.encode(x).mean)} if ours_nchw is not None else {})),
+        ("autoencoder decode", {"ours": forward_pass(ours, lambda m: m.decode(z)),
+                                "theirs": forward_pass(theirs, lambda m: m.decode(z).sample),
+                                "theirs_cl": forward_pass(theirs_cl, lambda m: m.decode(z_cl).sample)}
+         | ({"ours_nchw": forward_pass(ours_nchw, lambda m: m.decode(z))} if ours_nchw is not None else {})),
     ):
         tg = time_group(fns, clock, repeats)
         rows.append(throughput_row(name, size, batch, tg["ours"], tg["theirs"], {**extra, **layout_entries(batch, tg)}))
@@ -564,6 +566,24 @@ def matched_ddim_scheduler(diffusion: GaussianDiffusion):
                          timestep_spacing="leading", prediction_type="epsilon" if c.parameterization == "eps" else "v_prediction")
 
 
+def guided_ddim_ours(model, diffusion: GaussianDiffusion, x_T, ctx, null, guidance: float, steps: int):
+    """(a) our ``ddim_sample`` with classifier-free guidance from x_T."""
+    return ddim_sample(model, diffusion, None, steps=steps, cond={"context": ctx}, uncond={"context": null},
+                       guidance_scale=guidance, x_T=x_T, progress=False).samples
+
+
+def guided_ddim_scheduler(model, sched, x_T, ctx, null, guidance: float, steps: int):
+    """(b) diffusers' DDIMScheduler driving ``model`` with the same guidance: one batched call on [null; cond]."""
+    sched.set_timesteps(steps)
+    x = x_T.clone()
+    with torch.inference_mode():
+        both = torch.cat([null, ctx])
+        for t in sched.timesteps:
+            out_u, out_c = model(torch.cat([x, x]), t.reshape(1).expand(2 * x.shape[0]).to(x.device), both).chunk(2)
+            x = sched.step(out_u + guidance * (out_c - out_u), t, x, eta=0.0, return_dict=False)[0]
+    return x
+
+
 def sampling_rows(size: str, batch: int, steps: int, device: torch.device, clock: Clock, repeats: int) -> tuple[list, dict]:
     from diffusers import StableDiffusionPipeline
 
@@ -588,20 +608,10 @@ def sampling_rows(size: str, batch: int, steps: int, device: torch.device, clock
     pipe.set_progress_bar_config(disable=True)
 
     def run_a():
-        return ddim_sample(ours, diffusion, None, steps=steps, cond={"context": ctx}, uncond={"context": null},
-                           guidance_scale=guidance, x_T=x_T, progress=False).samples
+        return guided_ddim_ours(ours, diffusion, x_T, ctx, null, guidance, steps)
 
     def run_b():
-        sched_b.set_timesteps(steps)
-        x = x_T.clone()
-        with torch.inference_mode():
-            both = torch.cat([null, ctx])
-            for t in sched_b.timesteps:
-                out = ours(torch.cat([x, x]), t.reshape(1).expand(2 * batch).to(device), both)
-                out_u, out_c = out.chunk(2)
-                eps = out_u + guidance * (out_c - out_u)
-                x = sched_b.step(eps, t, x, eta=0.0, return_dict=False)[0]
-        return x
+        return guided_ddim_scheduler(ours, sched_b, x_T, ctx, null, guidance, steps)
 
     def run_c():
         with torch.inference_mode():
@@ -643,22 +653,9 @@ def sampler_overhead(diffusion: GaussianDiffusion, x_T, ctx, null, guidance: flo
     Shows how much of a sampling row is the sampler (next to nothing) and how much the UNet."""
     model = lambda x, t, context=None: x * 0.1  # noqa: E731
     sched = matched_ddim_scheduler(diffusion)
-    batch = x_T.shape[0]
-
-    def ours():
-        ddim_sample(model, diffusion, None, steps=steps, cond={"context": ctx}, uncond={"context": null},
-                    guidance_scale=guidance, x_T=x_T, progress=False)
-
-    def theirs():
-        sched.set_timesteps(steps)
-        x = x_T.clone()
-        with torch.inference_mode():
-            both = torch.cat([null, ctx])
-            for t in sched.timesteps:
-                out_u, out_c = model(torch.cat([x, x]), t.reshape(1).expand(2 * batch), both).chunk(2)
-                x = sched.step(out_u + guidance * (out_c - out_u), t, x, eta=0.0, return_dict=False)[0]
-
-    tg = time_group({"ours": ours, "theirs": theirs}, clock, repeats)
+    tg = time_group({"ours": lambda: guided_ddim_ours(model, diffusion, x_T, ctx, null, guidance, steps),
+                     "theirs": lambda: guided_ddim_scheduler(model, sched, x_T, ctx, null, guidance, steps)},
+                    clock, repeats)
     return {"ours": statistics.median(tg["ours"]) / steps * 1e3,
             "diffusers_scheduler": statistics.median(tg["theirs"]) / steps * 1e3}
 

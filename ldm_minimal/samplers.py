@@ -41,6 +41,7 @@ from einops import rearrange
 from tqdm.auto import tqdm
 
 from ldm_minimal.diffusion import GaussianDiffusion
+from ldm_minimal.utils import min_max
 
 __all__ = [
     "SampleResult",
@@ -222,7 +223,8 @@ class _InpaintBaseline:
                 "F.interpolate(mask, size=(h, w), mode='nearest'))."
             )
         mask = mask.to(device=x.device, dtype=x.dtype)
-        if float(mask.min()) < 0 or float(mask.max()) > 1:
+        lo, hi = min_max(mask)
+        if lo < 0 or hi > 1:
             raise ValueError("inpaint['mask'] must hold values in [0, 1] (1 = hole to generate, 0 = keep).")
         self.z0 = z0.to(device=x.device, dtype=x.dtype)
         self.mask = mask

@@ -57,7 +57,7 @@ from einops import repeat
 
 from .attributes import ConvBlock, augment_batch, fit_classifier, gaussian_blur
 from .checkpoint import CheckpointError, load_state_into, read_checkpoint, save_checkpoint
-from .utils import check_images, count_parameters, unknown_name_error
+from .utils import check_images, count_parameters, min_max, unknown_name_error
 
 CHECKPOINT_KIND = "world-classifier"
 DEFAULT_CHECKPOINTS: dict[str, str] = {"emoji": "emoji32-features.safetensors"}  # world -> file in data/checkpoints
@@ -305,9 +305,10 @@ def train_world_classifier(
     else:
         images, labels = data
     check_images(images, channels=3, name="training images")
-    if int(labels.max()) >= cfg.num_classes or int(labels.min()) < 0:
+    lo, hi = (int(v) for v in min_max(labels))
+    if hi >= cfg.num_classes or lo < 0:
         raise ValueError(
-            f"labels range over [{int(labels.min())}, {int(labels.max())}] but num_classes={cfg.num_classes}; set "
+            f"labels range over [{lo}, {hi}] but num_classes={cfg.num_classes}; set "
             "num_classes to the number of classes of the world (emoji groups: len(group_names()))."
         )
     torch.manual_seed(seed)
