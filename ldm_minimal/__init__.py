@@ -16,12 +16,12 @@ The package follows the paper's structure, one module per concept:
 - ``ldm_minimal.masks``             inpainting masks (Sec. 4.5)
 - ``ldm_minimal.latent_diffusion``  LatentDiffusion: first stage + UNet + conditioner + schedule (Sec. 3.2-3.3)
 - ``ldm_minimal.pipelines``         inpainting and x4 super-resolution (Sec. 4.4-4.5)
-- ``ldm_minimal.metrics``           PSNR, SSIM, LPIPS and sharpness of reconstructions (Tab. 8)
+- ``ldm_minimal.evaluation.metrics``           PSNR, SSIM, LPIPS and sharpness of reconstructions (Tab. 8)
 - ``ldm_minimal.checkpoint``        safetensors checkpoints with their config, written atomically
-- ``ldm_minimal.train``             the training loop of every model: EMA, exact resume, DDP (``python -m ldm_minimal train``)
+- ``ldm_minimal.training.trainer``             the training loop of every model: EMA, exact resume, DDP (``python -m ldm_minimal train``)
 - ``ldm_minimal.generate``          text-to-image, inpainting, super-resolution commands and the demo (Sec. 4.3-4.5)
-- ``ldm_minimal.attributes``        the judge: reads shape, colour, size and position off a shapes picture
-- ``ldm_minimal.train_autoencoder`` the first-stage loop of the issue-2 experiments (kept for their reproducibility)
+- ``ldm_minimal.evaluation.attributes``        the judge: reads shape, colour, size and position off a shapes picture
+- ``ldm_minimal.training.autoencoder_loop`` the first-stage loop of the issue-2 experiments (kept for their reproducibility)
 - ``ldm_minimal.experiments``       the paper's experiments in miniature (results in docs/results/)
 """
 

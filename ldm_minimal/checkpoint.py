@@ -174,7 +174,7 @@ def load_autoencoder(path: str | Path, device: torch.device | str = "cpu") -> tu
 
     Weights are cast to float32 (shipped checkpoints are float16). Returns (model in eval mode, metadata).
     """
-    from .autoencoder import AutoencoderConfig, build_autoencoder
+    from ldm_minimal.autoencoder import AutoencoderConfig, build_autoencoder
 
     state, meta = read_checkpoint(path)
     if meta.get("kind") != "autoencoder":
@@ -261,8 +261,8 @@ def save_ldm(
 
 def load_ldm(path: str | Path, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
     """Rebuild a ``LatentDiffusion`` from a file written by ``save_ldm`` (float32, eval mode). Returns (model, meta)."""
-    from .autoencoder import AutoencoderConfig, IdentityFirstStage, build_autoencoder
-    from .latent_diffusion import LatentDiffusion, LatentDiffusionConfig
+    from ldm_minimal.autoencoder import AutoencoderConfig, IdentityFirstStage, build_autoencoder
+    from ldm_minimal.latent_diffusion import LatentDiffusion, LatentDiffusionConfig
 
     state, meta = read_checkpoint(path)
     if meta.get("kind") != "ldm":

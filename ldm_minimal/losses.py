@@ -44,9 +44,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .discriminator import PatchDiscriminator
-from .lpips import LPIPS
-from .utils import unknown_name_error
+from ldm_minimal.discriminator import PatchDiscriminator
+from ldm_minimal.lpips import LPIPS
+from ldm_minimal.utils import unknown_name_error
 
 KINDS = ("kl", "vq")
 PERCEPTUALS = ("lpips", "lpips-random", "none")

@@ -1,4 +1,4 @@
-"""The shapes attribute classifier: the judge of text-to-image fidelity (ldm_minimal.attributes)."""
+"""The shapes attribute classifier: the judge of text-to-image fidelity (ldm_minimal.evaluation.attributes)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import re
 import pytest
 import torch
 
-from ldm_minimal.attributes import (
+from ldm_minimal.evaluation.attributes import (
     DEFAULT_CHECKPOINT,
     TEST_SEED,
     VOCAB,
@@ -175,7 +175,7 @@ def test_main_trains_evaluates_and_ships(tmp_path):
     assert meta["kind"] == "attribute-classifier"
     entry = json.loads((ckpt.parent / "MANIFEST.json").read_text())["checkpoints"]["judge.safetensors"]
     assert entry["kind"] == "attribute-classifier" and entry["steps"] == 3
-    assert entry["command"].startswith("python -m ldm_minimal.attributes --steps 3")
+    assert entry["command"].startswith("python -m ldm_minimal.evaluation.attributes --steps 3")
     assert set(entry["quality"]) >= {"real", "autoencoder_reconstructions"}
     with pytest.raises(SystemExit, match="overwrite"):
         main(argv)

@@ -7,7 +7,7 @@ import json
 import pytest
 from PIL import Image
 
-from ldm_minimal.__main__ import main
+from ldm_minimal.cli import main
 
 
 def test_demo_writes_the_picture_from_the_shipped_models(tmp_path, capsys):

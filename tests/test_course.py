@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from ldm_minimal.__main__ import main
-from ldm_minimal.course import CourseError, build, student_notebook, student_source
+from ldm_minimal.cli import main
+from ldm_minimal.course.notebooks import CourseError, build, student_notebook, student_source
 
 SOLUTION_CELL = """import torch
 

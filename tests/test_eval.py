@@ -14,13 +14,13 @@ import pytest
 import torch
 from PIL import Image
 
-from ldm_minimal.__main__ import main as cli
-from ldm_minimal.attributes import AttributeClassifier, render_single
+from ldm_minimal.cli import main as cli
+from ldm_minimal.evaluation.attributes import AttributeClassifier, render_single
 from ldm_minimal.checkpoint import MANIFEST_NAME, save_ldm
-from ldm_minimal.evaluate import EvaluationError, FeatureNetworkUnavailable, evaluate
+from ldm_minimal.evaluation.evaluate import EvaluationError, FeatureNetworkUnavailable, evaluate
 from ldm_minimal.generate import GenerationError
 from ldm_minimal.utils import DATA_DIR, to_uint8
-from ldm_minimal.world_classifier import (
+from ldm_minimal.evaluation.world_classifier import (
     WorldClassifier,
     default_checkpoint,
     evaluate_world_classifier,

@@ -34,7 +34,7 @@ def test_held_out_pairs_never_appear_and_other_pictures_are_unchanged():
 
 def test_the_held_out_world_trains_at_32_and_its_substitute_colour_is_allowed():
     from ldm_minimal.experiments.text_encoder import prompt_sets, substitute
-    from ldm_minimal.train import resolve_world, train_config
+    from ldm_minimal.training.trainer import resolve_world, train_config
 
     assert resolve_world(train_config("cpu", "ldm", world="single32-heldout")) == ("single32-heldout", 32)
     sets = prompt_sets(6)
@@ -78,9 +78,9 @@ def test_fid_at_equal_wall_time_takes_the_last_checkpoint_reached():
 
 
 def test_features_are_standardised_to_unit_rms_on_the_real_set():
-    from ldm_minimal.attributes import load_attribute_classifier
+    from ldm_minimal.evaluation.attributes import load_attribute_classifier
     from ldm_minimal.experiments.common import single_objects
-    from ldm_minimal.metrics import feature_scale
+    from ldm_minimal.evaluation.metrics import feature_scale
 
     judge = load_attribute_classifier()
     x, _, _ = single_objects(64)

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from ldm_minimal.attributes import load_attribute_classifier, render_single
-from ldm_minimal.metrics import fid, kid, precision_recall
+from ldm_minimal.evaluation.attributes import load_attribute_classifier, render_single
+from ldm_minimal.evaluation.metrics import fid, kid, precision_recall
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,9 @@ import uuid
 
 import pytest
 
-from ldm_minimal.__main__ import main
-from ldm_minimal.course import CourseError, student_notebook
-from ldm_minimal.grade import grade_notebook
+from ldm_minimal.cli import main
+from ldm_minimal.course.notebooks import CourseError, student_notebook
+from ldm_minimal.course.grade import grade_notebook
 
 
 def _cell(source: str, grade_id: str | None = None, points: int = 0, solution: bool = False) -> dict:

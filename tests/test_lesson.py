@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ldm_minimal import lesson
+from ldm_minimal.course import lesson
 
 
 def _doubles(f):

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from ldm_minimal.metrics import ReconstructionMetrics, high_frequency_energy, psnr, sharpness_ratio, ssim
+from ldm_minimal.evaluation.metrics import ReconstructionMetrics, high_frequency_energy, psnr, sharpness_ratio, ssim
 
 
 def test_psnr_ssim_known_values():
@@ -42,7 +42,7 @@ def test_reconstruction_metrics_accumulate():
 def test_autoencoder_training_loop_learns_and_writes_a_run(tmp_path):
     from ldm_minimal.autoencoder import build_autoencoder
     from ldm_minimal.checkpoint import load_autoencoder
-    from ldm_minimal.train_autoencoder import AETrainConfig, evaluate_autoencoder, make_batches, train_autoencoder
+    from ldm_minimal.training.autoencoder_loop import AETrainConfig, evaluate_autoencoder, make_batches, train_autoencoder
 
     cfg = AETrainConfig(model="tiny-vq-f4", model_overrides={"ch": 16, "n_embed": 64}, steps=40, batch_size=8,
                         lr=2e-3, perceptual="none", disc_start=30, log_every=10)

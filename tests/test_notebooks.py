@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from ldm_minimal.course import NOTEBOOKS_DIR, SOLUTIONS_DIR, build, cell_source, student_notebook
-from ldm_minimal.grade import grade_notebook
+from ldm_minimal.course.notebooks import NOTEBOOKS_DIR, SOLUTIONS_DIR, build, cell_source, student_notebook
+from ldm_minimal.course.grade import grade_notebook
 
 REPO = Path(__file__).resolve().parents[1]
 COURSE = ["00_orientation", "01_data_worlds", "02_autoencoders", "03_kl_vq_regularisation",

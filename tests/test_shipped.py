@@ -37,8 +37,8 @@ def test_shipped_checkpoint_hash_and_provenance(name):
 @pytest.mark.parametrize("name", sorted(n for n, e in MANIFEST.items() if e.get("kind") == "autoencoder"))
 def test_shipped_autoencoder_reconstructs_held_out_shapes(name):
     from ldm_minimal.data import ShapesConfig, ShapesDataset, collate
-    from ldm_minimal.metrics import psnr
-    from ldm_minimal.train_autoencoder import reconstruct
+    from ldm_minimal.evaluation.metrics import psnr
+    from ldm_minimal.training.autoencoder_loop import reconstruct
 
     model, _ = load_autoencoder(CKPT_DIR / name)
     ds = ShapesDataset(ShapesConfig(resolution=32, seed=10_000), length=32)

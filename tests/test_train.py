@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from ldm_minimal.checkpoint import CheckpointError, load_ldm, load_model, save_checkpoint, save_ldm
-from ldm_minimal.train import (
+from ldm_minimal.training.trainer import (
     RunFolderError,
     Trainer,
     TrainingDiverged,

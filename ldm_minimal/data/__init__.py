@@ -25,10 +25,10 @@ import shutil
 from dataclasses import asdict, fields
 from pathlib import Path
 
-from ..utils import CACHE_DIR, unknown_name_error
-from .emoji import emoji_entries, group_names, render_emoji, subgroup_names
-from .hf import load_hf_images
-from .shapes import (
+from ldm_minimal.utils import CACHE_DIR, unknown_name_error
+from ldm_minimal.data.emoji import emoji_entries, group_names, render_emoji, subgroup_names
+from ldm_minimal.data.hf import load_hf_images
+from ldm_minimal.data.shapes import (
     COLOURS,
     NUM_CLASSES,
     POSITIONS,
@@ -44,7 +44,7 @@ from .shapes import (
     render_sample,
     shapes_preset,
 )
-from .torch_datasets import ShapesDataset, WorldDataset, collate, world_dataset
+from ldm_minimal.data.torch_datasets import ShapesDataset, WorldDataset, collate, world_dataset
 
 FORMAT_VERSION = 1  # bump when a world's generator changes, so that old caches are not mistaken for new ones
 WORLDS = ("shapes", "emoji", "hf:<repo id>", "folder:<path>", "parquet:<path>")

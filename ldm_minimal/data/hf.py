@@ -46,7 +46,7 @@ def center_crop_resize(image, resolution: int):
 
 def _resolve_kind(source: str | Sequence[str], kind: str) -> str:
     if kind not in SOURCE_KINDS:
-        from ..utils import unknown_name_error
+        from ldm_minimal.utils import unknown_name_error
 
         raise unknown_name_error("source kind", kind, SOURCE_KINDS)
     if kind != "auto":

@@ -31,7 +31,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from ..utils import unknown_name_error
+from ldm_minimal.utils import unknown_name_error
 
 # ----------------------------------------------------------------------------------------------------------------
 # The vocabulary of the world

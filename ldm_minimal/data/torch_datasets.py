@@ -19,7 +19,7 @@ import torch
 from einops import rearrange
 from torch.utils.data import Dataset
 
-from .shapes import ShapesConfig, objects_json, render_sample
+from ldm_minimal.data.shapes import ShapesConfig, objects_json, render_sample
 
 
 def image_to_tensor(image) -> torch.Tensor:
@@ -70,7 +70,7 @@ def world_dataset(
     **options,
 ) -> WorldDataset:
     """load_world(...) wrapped as a torch dataset of tensors in [-1, 1], channels first."""
-    from . import load_world
+    from ldm_minimal.data import load_world
 
     return WorldDataset(load_world(name, split, resolution, size, seed, cache_dir, **options))
 

@@ -25,7 +25,7 @@ import torch
 
 from ldm_minimal.checkpoint import load_autoencoder
 from ldm_minimal.lpips import LPIPS
-from ldm_minimal.train_autoencoder import AETrainConfig, evaluate_autoencoder, make_batches, reconstruct, train_autoencoder
+from ldm_minimal.training.autoencoder_loop import AETrainConfig, evaluate_autoencoder, make_batches, reconstruct, train_autoencoder
 from ldm_minimal.utils import REPO_ROOT as ROOT
 from ldm_minimal.utils import count_parameters, image_grid, save_image
 

@@ -4,7 +4,7 @@ Each experiment script (``python -m ldm_minimal.experiments.<name>``) writes ``d
 the machine, the wall time and the command) and a figure; ``ldm_minimal.experiments.report`` turns the JSON files into
 ``docs/results.md``. Scores (``sample_quality``):
 
-- FID, KID, precision/recall (``ldm_minimal.metrics``) on the features of the shapes attribute classifier, against
+- FID, KID, precision/recall (``ldm_minimal.evaluation.metrics``) on the features of the shapes attribute classifier, against
   ``n`` held-out real single-object pictures. FID is biased upwards at small n, so figures are compared only at
   equal n; ``real_floor`` is the FID between two disjoint real sets of that n (what a perfect model would get).
 - attribute accuracy: does the judge read the shape and colour (and size, position) that the prompt asked for.
@@ -53,7 +53,7 @@ def timer(record: dict[str, Any], key: str = "wall_time_s") -> Iterator[None]:
 
 def single_objects(n: int, start: int = 0) -> tuple[torch.Tensor, list[dict], list[str]]:
     """``n`` held-out single-object 32x32 pictures (B, 3, 32, 32) in [-1, 1], their objects and captions."""
-    from ldm_minimal.attributes import render_single
+    from ldm_minimal.evaluation.attributes import render_single
     from ldm_minimal.data import caption_for
 
     images, objects = render_single(range(start, start + n), TEST_SEED)
@@ -62,7 +62,7 @@ def single_objects(n: int, start: int = 0) -> tuple[torch.Tensor, list[dict], li
 
 @lru_cache(maxsize=1)
 def judge() -> torch.nn.Module:
-    from ldm_minimal.attributes import load_attribute_classifier
+    from ldm_minimal.evaluation.attributes import load_attribute_classifier
 
     return load_attribute_classifier()
 
@@ -70,7 +70,7 @@ def judge() -> torch.nn.Module:
 @lru_cache(maxsize=4)
 def real_floor(n: int) -> float:
     """FID between two disjoint sets of n held-out real pictures: the best a model can score at this n."""
-    from ldm_minimal.metrics import fid
+    from ldm_minimal.evaluation.metrics import fid
 
     a, _, _ = single_objects(n)
     b, _, _ = single_objects(n, start=n)
@@ -81,8 +81,8 @@ def real_floor(n: int) -> float:
 def sample_quality(fake: torch.Tensor, real: torch.Tensor, captions: Sequence[str] | None = None) -> dict[str, Any]:
     """FID, KID, precision/recall of ``fake`` against ``real`` (both (N, 3, 32, 32) in [-1, 1]) on the judge's features,
     and, with ``captions``, the judge's attribute accuracy on ``fake``."""
-    from ldm_minimal.attributes import attribute_accuracy
-    from ldm_minimal.metrics import fid, kid, precision_recall
+    from ldm_minimal.evaluation.attributes import attribute_accuracy
+    from ldm_minimal.evaluation.metrics import fid, kid, precision_recall
 
     clf = judge()
     kid_mean, kid_std = kid(real, fake, clf)

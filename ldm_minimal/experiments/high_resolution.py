@@ -53,9 +53,9 @@ def main(argv: list[str] | None = None) -> dict:
     setup(args)
     if args.quick:
         args.n, args.steps = 8, 3
-    from ldm_minimal.attributes import attribute_accuracy, render_single
+    from ldm_minimal.evaluation.attributes import attribute_accuracy, render_single
     from ldm_minimal.checkpoint import load_ldm
-    from ldm_minimal.metrics import psnr, ssim
+    from ldm_minimal.evaluation.metrics import psnr, ssim
     from ldm_minimal.pipelines import bicubic_upscale, upscale
     t2i, _ = load_ldm(args.t2i_checkpoint)
     sr, _ = load_ldm(args.sr_checkpoint)

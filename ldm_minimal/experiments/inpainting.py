@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.world == "single32":
         x, _, captions = single_objects(args.n)
     else:
-        from ldm_minimal.train import fixed_batch
+        from ldm_minimal.training.trainer import fixed_batch
 
         x, captions = fixed_batch("shapes32", 32, args.n)["image"], None  # the test split (seed 1,000,000)
     name = NAME if args.world == "single32" else f"{NAME}_{args.world}"

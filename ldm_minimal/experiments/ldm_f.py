@@ -43,7 +43,7 @@ def model_overrides(f: int) -> dict:
 
 
 def train_ldm(f: int, steps: int, every: int, first_stages: Path, run_root: Path) -> Path:
-    from ldm_minimal.train import train, train_config
+    from ldm_minimal.training.trainer import train, train_config
 
     out = run_root / f"ldm-f{f}"
     if (out / "summary.json").exists():

@@ -347,7 +347,7 @@ def build(results_dir: Path, notes: dict[str, str] | None = None) -> str:
         f"time, so each wall time below includes sharing the cores. Sum of the scripts' wall times: {_mins(total)}; "
         f"{ELAPSED}\n\n"
         "How to read the numbers: FID, KID and precision/recall are computed by torchmetrics / "
-        "`ldm_minimal.metrics` on the features of the shapes attribute judge (offline; standardised to unit RMS on "
+        "`ldm_minimal.evaluation.metrics` on the features of the shapes attribute judge (offline; standardised to unit RMS on "
         "the real set), not on Inception, so they compare our models with each other, never with the paper's "
         "figures. FID is biased upwards at small n: compare only within a table, and against the real-vs-real FID "
         "given for that n. \"shape+colour\" is the judge's accuracy (100% on real held-out pictures). LPIPS uses "

@@ -33,7 +33,7 @@ TEST_SEED = 1_000_000  # the held-out world (ldm_minimal.data.SHAPES_SPLITS["tes
 
 
 def _single(n: int) -> tuple[torch.Tensor, list[dict], list[str]]:
-    from ldm_minimal.attributes import render_single
+    from ldm_minimal.evaluation.attributes import render_single
     from ldm_minimal.data import caption_for
 
     images, objects = render_single(range(n), TEST_SEED)
@@ -42,7 +42,7 @@ def _single(n: int) -> tuple[torch.Tensor, list[dict], list[str]]:
 
 def _judge(images: torch.Tensor, captions: list[str],
            keys: tuple[str, ...] = ("shape", "colour", "shape_and_colour", "size")) -> dict[str, float]:
-    from ldm_minimal.attributes import attribute_accuracy, load_attribute_classifier
+    from ldm_minimal.evaluation.attributes import attribute_accuracy, load_attribute_classifier
 
     acc = attribute_accuracy(load_attribute_classifier(), images, captions)
     return {k: round(float(v), 4) for k, v in acc.items() if k in keys}
@@ -51,7 +51,7 @@ def _judge(images: torch.Tensor, captions: list[str],
 @torch.no_grad()
 def ae_quality(path: str | Path, n: int = N_EVAL) -> dict[str, Any]:
     from ldm_minimal.checkpoint import load_autoencoder
-    from ldm_minimal.metrics import psnr, ssim
+    from ldm_minimal.evaluation.metrics import psnr, ssim
 
     from ldm_minimal.data import ShapesDataset, collate, shapes_preset
 
@@ -70,7 +70,7 @@ def ae_quality(path: str | Path, n: int = N_EVAL) -> dict[str, Any]:
 @torch.no_grad()
 def sr_quality(path: str | Path, n: int = N_EVAL, steps: int = 50) -> dict[str, Any]:
     from ldm_minimal.checkpoint import load_ldm
-    from ldm_minimal.metrics import psnr, ssim
+    from ldm_minimal.evaluation.metrics import psnr, ssim
     from ldm_minimal.pipelines import bicubic_upscale, upscale
 
     ldm, _ = load_ldm(path)

@@ -25,7 +25,7 @@ NAME = "super_resolution"
 
 @torch.no_grad()
 def pixel_scores(y: torch.Tensor, x: torch.Tensor, lpips: torch.nn.Module) -> dict:
-    from ldm_minimal.metrics import psnr, ssim
+    from ldm_minimal.evaluation.metrics import psnr, ssim
 
     return {"psnr": round(float(psnr(y, x).mean()), 2), "ssim": round(float(ssim(y, x).mean()), 4),
             "lpips_offline": round(float(torch.cat([lpips(y[i:i + 128], x[i:i + 128]) for i in range(0, len(x), 128)]).mean()), 4)}

@@ -10,7 +10,7 @@ The run is exactly the two commands a user types (recorded in the report with th
     python -m ldm_minimal train ldm --preset cpu --model shapes-t2i --first-stage RUN/ae/model.safetensors --out RUN/ldm
 
 Evaluation: N single-object prompts ("a large red circle at the top left", drawn from the held-out world), one
-sample each, DDIM 50 steps; the attribute classifier (``ldm_minimal.attributes``, itself >= 99% accurate on real
+sample each, DDIM 50 steps; the attribute classifier (``ldm_minimal.evaluation.attributes``, itself >= 99% accurate on real
 samples) reads shape, colour, size and position off every sample. The headline figure is shape-and-colour accuracy
 at classifier-free guidance 3, with guidance 1 (the plain conditional model) to show what guidance buys.
 Report: docs/results/t2i_from_scratch.{md,json,png}.
@@ -56,7 +56,7 @@ def single_object_prompts(n: int, seed: int = 2024) -> list[str]:
 def evaluate(ldm_path: Path, n: int, steps: int, guidances: tuple[float, ...] = GUIDANCES,
              batch: int = 100) -> tuple[dict[str, Any], torch.Tensor]:
     """Attribute accuracy of samples for n single-object prompts at each guidance scale; and a picture grid."""
-    from ldm_minimal.attributes import attribute_accuracy, load_attribute_classifier
+    from ldm_minimal.evaluation.attributes import attribute_accuracy, load_attribute_classifier
     from ldm_minimal.checkpoint import load_ldm
 
     ldm, _ = load_ldm(ldm_path)

@@ -38,7 +38,7 @@ N_EVAL = 512
 
 def train_first_stage(kind: str, f: int, steps: int, run_root: Path) -> Path:
     """Train (or reuse) tiny-{kind}-f{f}; returns the run folder."""
-    from ldm_minimal.train import train, train_config
+    from ldm_minimal.training.trainer import train, train_config
 
     out = run_root / f"{kind}-f{f}"
     if (out / "summary.json").exists():
@@ -52,9 +52,9 @@ def train_first_stage(kind: str, f: int, steps: int, run_root: Path) -> Path:
 
 @torch.no_grad()
 def score(model_path: Path, x: torch.Tensor, captions: list[str], lpips: torch.nn.Module) -> dict:
-    from ldm_minimal.attributes import attribute_accuracy
+    from ldm_minimal.evaluation.attributes import attribute_accuracy
     from ldm_minimal.checkpoint import load_autoencoder
-    from ldm_minimal.metrics import ReconstructionMetrics, fid
+    from ldm_minimal.evaluation.metrics import ReconstructionMetrics, fid
     from ldm_minimal.utils import count_parameters
 
     ae, _ = load_autoencoder(model_path)

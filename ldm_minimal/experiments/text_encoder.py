@@ -67,7 +67,7 @@ def substitute(colour: str, shape: str) -> str:
 
 
 def train_model(encoder: str, steps: int, first_stage: Path, run_root: Path) -> Path:
-    from ldm_minimal.train import train, train_config
+    from ldm_minimal.training.trainer import train, train_config
 
     out = run_root / encoder
     if (out / "summary.json").exists():
@@ -81,7 +81,7 @@ def train_model(encoder: str, steps: int, first_stage: Path, run_root: Path) -> 
 
 @torch.no_grad()
 def score(model_path: Path, sets: dict, guidance: float, steps: int) -> tuple[dict, dict]:
-    from ldm_minimal.attributes import VOCAB, attribute_accuracy, predict
+    from ldm_minimal.evaluation.attributes import VOCAB, attribute_accuracy, predict
     from ldm_minimal.checkpoint import load_ldm
 
     ldm, _ = load_ldm(model_path)

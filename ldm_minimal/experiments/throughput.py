@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> dict:
     from ldm_minimal.experiments.ldm_f import class_ids
 
     from ldm_minimal.experiments.common import single_objects
-    from ldm_minimal.train import fixed_batch
+    from ldm_minimal.training.trainer import fixed_batch
 
     batch = fixed_batch("single32", 32, 32)  # held-out pictures with their class ids
     ids = class_ids(single_objects(args.n)[1])

@@ -27,7 +27,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .utils import REPO_ROOT, environment
+from ldm_minimal.utils import REPO_ROOT, environment
 
 SOLUTIONS_DIR = REPO_ROOT / "solutions"
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"

@@ -40,10 +40,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange, repeat
 
-from .data.shapes import NUM_CLASSES as SHAPES_NUM_CLASSES
-from .data.shapes import SHAPES, class_id_for
-from .masks import check_inpainting_mask, downsample_mask
-from .utils import DATA_DIR, REPO_ROOT, check_images, min_max, unknown_name_error
+from ldm_minimal.data.shapes import NUM_CLASSES as SHAPES_NUM_CLASSES
+from ldm_minimal.data.shapes import SHAPES, class_id_for
+from ldm_minimal.masks import check_inpainting_mask, downsample_mask
+from ldm_minimal.utils import DATA_DIR, REPO_ROOT, check_images, min_max, unknown_name_error
 
 __all__ = [
     "Conditioner",
@@ -320,12 +320,12 @@ def load_caption_tokenizer(name_or_path: str | Path) -> "PreTrainedTokenizerFast
 def world_captions(world: str, n: int = 20_000, seed: int = 0) -> list[str]:
     """Captions to train a world's tokenizer on: n shapes captions (seed ``seed``), or every emoji caption."""
     if world == "shapes":
-        from .data.shapes import ShapesConfig, caption_for, render_sample
+        from ldm_minimal.data.shapes import ShapesConfig, caption_for, render_sample
 
         cfg = ShapesConfig(resolution=32, supersample=1, seed=seed)  # captions do not depend on the pixels
         return [render_sample(i, cfg).caption for i in range(n)] + [caption_for([])]  # + "an empty picture"
     if world == "emoji":
-        from .data.emoji import emoji_entries
+        from ldm_minimal.data.emoji import emoji_entries
 
         return [e.caption for e in emoji_entries()]
     raise unknown_name_error("world", world, ("shapes", "emoji"))

@@ -2,7 +2,7 @@
 
 A notebook starts with::
 
-    from ldm_minimal import lesson
+    from ldm_minimal.course import lesson
     L = lesson.setup("05 DDPM from scratch")      # prints torch, device, mode; seeds everything
 
 and then uses
@@ -33,7 +33,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from .utils import REPO_ROOT, autocast, image_grid, seed_everything
+from ldm_minimal.utils import REPO_ROOT, autocast, image_grid, seed_everything
 
 MODES = ("FAST", "FULL")
 CHECKPOINTS = REPO_ROOT / "data" / "checkpoints"
@@ -117,7 +117,7 @@ def setup(title: str, seed: int = 0, mode: str | None = None, device: str | torc
 
     mpl.rcParams.update({"figure.dpi": 100, "axes.grid": False, "image.interpolation": "nearest"})
     lesson = Lesson(title=title, mode=mode, device=torch.device(device), seed=seed)
-    from . import __version__
+    from ldm_minimal import __version__
 
     other = "FULL" if mode == "FAST" else "FAST"
     print(f"{title}\n  ldm_minimal {__version__} · torch {torch.__version__} · python {platform.python_version()}"
@@ -293,7 +293,7 @@ def shipped(name: str) -> Path:
 
 def load_shipped(name: str, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
     """Load a shipped autoencoder or latent diffusion model in eval mode: ``(model, metadata)``."""
-    from .checkpoint import load_model
+    from ldm_minimal.checkpoint import load_model
 
     model, meta = load_model(shipped(name), device=device)
     return model.eval(), meta

@@ -8,8 +8,8 @@ on real data (Rombach et al., CVPR 2022, Sec. 4 and App. E.3):
     precision  = share of generated points inside the real k-NN manifold         (are the samples realistic?)
     recall     = share of real points inside the generated k-NN manifold         (is the data's variety covered?)
 
-(all computed by ``ldm_minimal.metrics``). The feature network works offline: the world's own small classifier,
-trained on its real training pictures (``ldm_minimal.world_classifier.load_feature_classifier``: the attribute judge
+(all computed by ``ldm_minimal.evaluation.metrics``). The feature network works offline: the world's own small classifier,
+trained on its real training pictures (``ldm_minimal.evaluation.world_classifier.load_feature_classifier``: the attribute judge
 for the shapes worlds, the emoji group classifier for emoji). ``classifier="inception"`` switches to the paper's
 Inception-v3 features for users online (torch-fidelity; a clear error otherwise).
 
@@ -47,13 +47,13 @@ from typing import Any, Sequence
 import torch
 import torch.nn as nn
 
-from .utils import default_device, unknown_name_error
-from .world_classifier import FEATURE_WORLDS, SHAPES_FEATURE_WORLDS, load_feature_classifier
+from ldm_minimal.utils import default_device, unknown_name_error
+from ldm_minimal.evaluation.world_classifier import FEATURE_WORLDS, SHAPES_FEATURE_WORLDS, load_feature_classifier
 
 EVAL_WORLDS = FEATURE_WORLDS  # ("shapes32", "single32", "emoji"): the worlds with an offline feature network
 RESOLUTION = 32  # the feature networks were trained at 32 x 32
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-INCEPTION = "inception"  # = ldm_minimal.metrics.INCEPTION (imported lazily: torchmetrics is slow to import)
+INCEPTION = "inception"  # = ldm_minimal.evaluation.metrics.INCEPTION (imported lazily: torchmetrics is slow to import)
 FEATURE_CHOICES = ("world", INCEPTION)
 CONCAT_CONDITIONERS = {"lowres": "sr", "inpaint": "inpaint"}  # -> shipped_quality --kind
 TEXT_CONDITIONERS = ("text-joint", "text-frozen")
@@ -84,7 +84,7 @@ def reference_set(world: str, n: int) -> dict[str, Any]:
     Returns {"image": (m, 3, 32, 32) in [-1, 1], "caption": [m], "class_id": (m,), ...}; shapes worlds add
     "objects" (JSON) and "semantic" (m, 32, 32). m = n, except for emoji, whose test split holds 192 pictures.
     """
-    from .train import fixed_batch
+    from ldm_minimal.training.trainer import fixed_batch
 
     _check_world(world)
     return fixed_batch(world, RESOLUTION, n)  # the test split: shapes seed + 1,000,000, emoji every 10th emoji
@@ -138,7 +138,7 @@ def _cycle(values: Sequence[Any], n: int) -> list[Any]:
 
 def _conditions(ldm: nn.Module, ref: dict[str, Any], n: int, world: str) -> tuple[str, dict[str, Any] | None]:
     """(mode, per-sample conditions) for n samples, taken from the held-out pictures in order (cycled)."""
-    from .generate import GenerationError
+    from ldm_minimal.generate import GenerationError
 
     cond = ldm.cfg.conditioner
     if cond in CONCAT_CONDITIONERS:
@@ -177,8 +177,8 @@ def sample_checkpoint(
 ) -> torch.Tensor:
     """n samples (n, 3, H, W) in [-1, 1] on the CPU, in chunks of ``batch``; chunk k draws its noise from the
     seed ``seed * 100_003 + k``, so a (seed, batch) pair always gives the same pictures."""
-    from .generate import class_to_image, text_to_image, unconditional_samples
-    from .generate import _sample  # the seeded, checked ldm.sample shared by the generation functions
+    from ldm_minimal.generate import class_to_image, text_to_image, unconditional_samples
+    from ldm_minimal.generate import _sample  # the seeded, checked ldm.sample shared by the generation functions
 
     out = []
     for k, start in enumerate(range(0, n, batch)):
@@ -239,8 +239,8 @@ def _features(net: nn.Module, images: torch.Tensor, inception: bool, batch: int 
 
 def _attribute_scores(images: torch.Tensor, mode: str, conditions: dict[str, Any]) -> dict[str, Any] | None:
     """The shapes judge's reading of the samples against what was asked (text: single-object captions; class)."""
-    from .attributes import attribute_accuracy, load_attribute_classifier, predict
-    from .data.shapes import COLOURS, parse_caption
+    from ldm_minimal.evaluation.attributes import attribute_accuracy, load_attribute_classifier, predict
+    from ldm_minimal.data.shapes import COLOURS, parse_caption
 
     judge = load_attribute_classifier()
     if mode == "text":
@@ -261,7 +261,7 @@ def _attribute_scores(images: torch.Tensor, mode: str, conditions: dict[str, Any
 
 def _group_scores(classifier: nn.Module, images: torch.Tensor, targets: list[int], ref: dict[str, Any]) -> dict:
     """The emoji classifier's top-1 agreement with the asked group, next to its accuracy on the real pictures."""
-    from .world_classifier import classifier_logits
+    from ldm_minimal.evaluation.world_classifier import classifier_logits
 
     asked = torch.tensor(targets)
     samples = classifier_logits(classifier, images).argmax(1) == asked
@@ -283,7 +283,7 @@ def _machine(device: torch.device) -> str:
 
 def _resolve_source(source: str | Path) -> tuple[str, Path]:
     """("images", folder) or ("checkpoint", file); shipped names ("t2i", "emoji", ...) are looked up."""
-    from .generate import SHIPPED, resolve_checkpoint
+    from ldm_minimal.generate import SHIPPED, resolve_checkpoint
 
     p = Path(source)
     if p.is_dir():
@@ -323,7 +323,7 @@ def evaluate(
         with ``features(x in [-1, 1]) -> (B, D)`` and ``num_features``.
     Returns a JSON-friendly dict (see docs/evaluation.md for every key).
     """
-    from .metrics import fid, kid, precision_recall
+    from ldm_minimal.evaluation.metrics import fid, kid, precision_recall
 
     t_start = time.perf_counter()
     _check_world(world)
@@ -357,7 +357,7 @@ def evaluate(
         result["source"] = {"images": str(path), "first": names[0], "last": names[-1]}
         result.update(steps=None, guidance=None, sampler=None, eta=None)
     else:
-        from .checkpoint import load_ldm, read_metadata, sha256_of
+        from ldm_minimal.checkpoint import load_ldm, read_metadata, sha256_of
 
         if read_metadata(path).get("kind") != "ldm":
             raise EvaluationError(f"{path} holds a {read_metadata(path).get('kind')!r}, not a latent diffusion model. "
@@ -413,7 +413,7 @@ def evaluate(
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """``python -m ldm_minimal eval``: evaluate, print the JSON, write it to --out (never over a file unless asked)."""
-    from .checkpoint import atomic_write_bytes
+    from ldm_minimal.checkpoint import atomic_write_bytes
 
     out = Path(args.out)
     if out.exists() and not args.overwrite:  # before the (possibly long) evaluation

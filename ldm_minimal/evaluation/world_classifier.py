@@ -5,12 +5,12 @@ Why it exists
 The paper measures sample quality in the feature space of a network trained on real images: FID and IS on
 Inception-v3 pool features, precision/recall on VGG features (Rombach et al., CVPR 2022, Sec. 4 and App. E.3).
 Those weights must be downloaded, and ImageNet features say little about 32 x 32 emoji anyway. So, as for the
-shapes world (whose attribute judge, ``ldm_minimal.attributes``, doubles as its feature network), each world gets a
+shapes world (whose attribute judge, ``ldm_minimal.evaluation.attributes``, doubles as its feature network), each world gets a
 small CNN trained with this repository's code on that world's real training pictures only:
 
     emoji (label "group")   x (B, 3, 32, 32) in [-1, 1]  ->  trunk  ->  phi(x) (B, 2C)  ->  Linear  ->  11 group logits
 
-``features(x) = phi(x)`` (global mean and max pooling of the last level) is the space in which ``ldm_minimal.metrics``
+``features(x) = phi(x)`` (global mean and max pooling of the last level) is the space in which ``ldm_minimal.evaluation.metrics``
 compares real and generated pictures. A feature space is only meaningful when it separates what matters in the
 world, so the classifier's top-1 accuracy on held-out real emoji (the test split: every 10th emoji, never seen in
 training) is measured, shipped in data/checkpoints/MANIFEST.json and tested.
@@ -33,7 +33,7 @@ Limits (read before trusting a number)
   models with each other (at equal n), never with the paper's Inception-based numbers.
 * It was trained at 32 x 32 (forward raises a clear error at another size).
 
-Run ``python -m ldm_minimal.world_classifier --ship`` to train, evaluate and ship it
+Run ``python -m ldm_minimal.evaluation.world_classifier --ship`` to train, evaluate and ship it
 (data/checkpoints/emoji32-features.safetensors and its MANIFEST.json entry).
 """
 
@@ -55,9 +55,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import repeat
 
-from .attributes import ConvBlock, augment_batch, fit_classifier, gaussian_blur
-from .checkpoint import CheckpointError, load_state_into, read_checkpoint, save_checkpoint
-from .utils import check_images, count_parameters, min_max, unknown_name_error
+from ldm_minimal.evaluation.attributes import ConvBlock, augment_batch, fit_classifier, gaussian_blur
+from ldm_minimal.checkpoint import CheckpointError, load_state_into, read_checkpoint, save_checkpoint
+from ldm_minimal.utils import check_images, count_parameters, min_max, unknown_name_error
 
 CHECKPOINT_KIND = "world-classifier"
 DEFAULT_CHECKPOINTS: dict[str, str] = {"emoji": "emoji32-features.safetensors"}  # world -> file in data/checkpoints
@@ -69,7 +69,7 @@ def default_checkpoint(world: str = "emoji") -> Path:
     """data/checkpoints/<file> of the shipped classifier of ``world`` (read at call time: $LDM_MINIMAL_DATA moves it)."""
     if world not in DEFAULT_CHECKPOINTS:
         raise unknown_name_error("world with a shipped world classifier", world, DEFAULT_CHECKPOINTS)
-    from . import utils
+    from ldm_minimal import utils
 
     return utils.DATA_DIR / "checkpoints" / DEFAULT_CHECKPOINTS[world]
 
@@ -204,9 +204,9 @@ def world_images(
     if world != "emoji":
         raise ValueError(
             f"world_images supports the labelled world 'emoji' (got {world!r}); the shapes worlds have their own "
-            "judge, ldm_minimal.attributes.load_attribute_classifier()."
+            "judge, ldm_minimal.evaluation.attributes.load_attribute_classifier()."
         )
-    from .data import world_dataset
+    from ldm_minimal.data import world_dataset
 
     ds = world_dataset(world, split=split, resolution=resolution, label=label)
     rows = [ds[i] for i in range(len(ds))]
@@ -217,7 +217,7 @@ def world_images(
 
 def class_names_of(world: str = "emoji", label: str = "group") -> tuple[str, ...]:
     """The class names of a labelled world, in class-id order."""
-    from .data import group_names, subgroup_names
+    from ldm_minimal.data import group_names, subgroup_names
 
     if world != "emoji":
         raise unknown_name_error("labelled world", world, ("emoji",))
@@ -402,7 +402,7 @@ def load_world_classifier(path: str | Path | None = None, device: torch.device |
     if not path.is_file() and path == default_checkpoint("emoji"):
         raise CheckpointError(
             f"The shipped emoji classifier {path} is missing. Restore it (git checkout -- {path.name} in {path.parent}) "
-            "or train it: python -m ldm_minimal.world_classifier --ship (a few minutes on a CPU)."
+            "or train it: python -m ldm_minimal.evaluation.world_classifier --ship (a few minutes on a CPU)."
         )
     state, meta = read_checkpoint(path)
     if meta.get("kind") != CHECKPOINT_KIND:
@@ -429,7 +429,7 @@ def load_feature_classifier(world: str, device: torch.device | str = "cpu") -> n
     ``feature_name`` attribute (the file it came from) for reports.
     """
     if world in SHAPES_FEATURE_WORLDS:
-        from .attributes import DEFAULT_CHECKPOINT, load_attribute_classifier
+        from ldm_minimal.evaluation.attributes import DEFAULT_CHECKPOINT, load_attribute_classifier
 
         model: nn.Module = load_attribute_classifier(device=device)
         model.feature_name = f"{DEFAULT_CHECKPOINT.name} (shapes attribute judge, D={model.num_features})"
@@ -453,7 +453,7 @@ def _machine() -> str:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Train the emoji group classifier on the train split, evaluate it on the held-out test split, optionally ship."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    p = argparse.ArgumentParser(prog="python -m ldm_minimal.world_classifier", description=main.__doc__)
+    p = argparse.ArgumentParser(prog="python -m ldm_minimal.evaluation.world_classifier", description=main.__doc__)
     p.add_argument("--preset", default="emoji32", choices=sorted(WORLD_CLASSIFIER_PRESETS))
     p.add_argument("--steps", type=int, default=1200)
     p.add_argument("--batch-size", type=int, default=64)
@@ -493,7 +493,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "test_blur0.8_noise0.05": evaluate_world_classifier(shipped, "test", transform=degrade),
         "train": {k: v for k, v in evaluate_world_classifier(shipped, "train").items() if k != "per_class_top1"},
     }
-    command = "python -m ldm_minimal.world_classifier " + " ".join(shlex.quote(a) for a in argv)
+    command = "python -m ldm_minimal.evaluation.world_classifier " + " ".join(shlex.quote(a) for a in argv)
     metrics = {
         "command": command,
         "steps": args.steps,
@@ -512,7 +512,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     print(json.dumps({k: metrics[k] for k in ("wall_time_s", "parameters", "quality")}, indent=2))
     if args.ship:
-        from .checkpoint import update_manifest
+        from ldm_minimal.checkpoint import update_manifest
 
         save_world_classifier(ship_path, model, info={"quality": quality}, dtype=torch.float16,
                               overwrite=args.overwrite)

@@ -50,9 +50,9 @@ from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
-from .checkpoint import CheckpointError, _to_jsonable, atomic_write_bytes, read_checkpoint, save_checkpoint, save_ldm
-from .checkpoint import ldm_state_dict, sha256_of
-from .utils import autocast, default_device, image_grid, save_image, unknown_name_error
+from ldm_minimal.checkpoint import CheckpointError, _to_jsonable, atomic_write_bytes, read_checkpoint, save_checkpoint, save_ldm
+from ldm_minimal.checkpoint import ldm_state_dict, sha256_of
+from ldm_minimal.utils import autocast, default_device, image_grid, save_image, unknown_name_error
 
 TASKS = ("ae", "ldm")
 SHAPES_WORLDS = ("shapes32", "shapes64", "single32", "single64", "single32-heldout")
@@ -224,7 +224,7 @@ def resolve_world(cfg: TrainConfig, default_world: str = "shapes32") -> tuple[st
     if world == "shapes":
         world = f"shapes{cfg.resolution or 32}"
     if world in SHAPES_WORLDS:
-        from .data import shapes_preset
+        from ldm_minimal.data import shapes_preset
 
         res = shapes_preset(world).resolution
         if cfg.resolution is not None and cfg.resolution != res:
@@ -235,7 +235,7 @@ def resolve_world(cfg: TrainConfig, default_world: str = "shapes32") -> tuple[st
 
 def make_dataset(world: str, resolution: int, split: str, seed: int = 0) -> tuple[torch.utils.data.Dataset, int | None]:
     """The torch dataset of a world and its length (None for the infinite rendered shapes world)."""
-    from .data import ShapesDataset, shapes_preset, world_dataset
+    from ldm_minimal.data import ShapesDataset, shapes_preset, world_dataset
 
     if world in SHAPES_WORLDS:
         offset = 0 if split == "train" else 1_000_000  # the test pictures come from another seed
@@ -246,7 +246,7 @@ def make_dataset(world: str, resolution: int, split: str, seed: int = 0) -> tupl
 
 def fixed_batch(world: str, resolution: int, n: int, seed: int = 0) -> dict[str, Any]:
     """n held-out samples (the test split) for sample grids and evaluation."""
-    from .data import collate
+    from ldm_minimal.data import collate
 
     ds, length = make_dataset(world, resolution, "test", seed)
     idx = list(range(n if length is None else min(n, length)))
@@ -393,8 +393,8 @@ class Trainer:
             dist.barrier()
 
     def _build_ae(self) -> None:
-        from .autoencoder import autoencoder_config, build_autoencoder
-        from .losses import AutoencoderLoss, AutoencoderLossConfig
+        from ldm_minimal.autoencoder import autoencoder_config, build_autoencoder
+        from ldm_minimal.losses import AutoencoderLoss, AutoencoderLossConfig
 
         cfg = self.cfg
         self.world, self.resolution = resolve_world(cfg)
@@ -412,7 +412,7 @@ class Trainer:
         )).to(self.device)
 
     def _build_ldm(self) -> None:
-        from .latent_diffusion import LatentDiffusion, ldm_config
+        from ldm_minimal.latent_diffusion import LatentDiffusion, ldm_config
 
         cfg = self.cfg
         overrides = dict(cfg.model_overrides)
@@ -455,7 +455,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ data
     def _loader(self, start: int, stop: int) -> Iterator[dict[str, Any]]:
-        from .data import collate
+        from ldm_minimal.data import collate
 
         ds, length = make_dataset(self.world, self.resolution, "train", self.cfg.seed)
         sampler = StepBatches(start, stop, self.cfg.batch_size, self.rank, self.world_size, length, self.cfg.seed)
@@ -473,7 +473,7 @@ class Trainer:
             return
         ds, length = make_dataset(self.world, self.resolution, "train", self.cfg.seed)
         sampler = StepBatches(0, 1, self.cfg.batch_size, 0, 1, length, self.cfg.seed)
-        from .data import collate
+        from ldm_minimal.data import collate
 
         batch = collate([ds[i] for i in next(iter(sampler))])
         self.model.set_scale_factor_from(batch["image"].to(self.device),
@@ -495,7 +495,7 @@ class Trainer:
 
     def _ae_step(self, batch: dict[str, Any]) -> tuple[Tensor, dict[str, float], bool]:
         """One two-player update; returns (loss, logs, finite) (the update has happened either way)."""
-        from .losses import autoencoder_train_step
+        from ldm_minimal.losses import autoencoder_train_step
 
         x = batch["image"].to(self.device)
         sync = None
@@ -654,7 +654,7 @@ class Trainer:
         return path
 
     def _sample_grid(self) -> Any:
-        from .utils import eval_mode
+        from ldm_minimal.utils import eval_mode
 
         batch = fixed_batch(self.world, self.resolution, 8, self.cfg.seed)
         x = batch["image"].to(self.device)
@@ -666,7 +666,7 @@ class Trainer:
         g = torch.Generator(self.device).manual_seed(1234)
         cond_batch: dict[str, Any] = dict(batch)
         if m.cfg.conditioner == "inpaint":
-            from .masks import random_inpainting_mask
+            from ldm_minimal.masks import random_inpainting_mask
 
             cond_batch["mask"] = random_inpainting_mask((x.shape[0], 1, *x.shape[-2:]), generator=torch.Generator()
                                                         .manual_seed(0)).to(self.device)
@@ -759,7 +759,7 @@ class Trainer:
                                   "Delete that checkpoint folder to resume from the previous one.")
         tensors, _ = read_checkpoint(path)
         model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
-        from .checkpoint import load_state_into
+        from ldm_minimal.checkpoint import load_state_into
 
         if self.cfg.task == "ae":
             load_state_into(self.model, model_state, path)

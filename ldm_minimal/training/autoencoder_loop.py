@@ -22,12 +22,12 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .autoencoder import VQModel, autoencoder_config, build_autoencoder
-from .checkpoint import save_checkpoint
-from .losses import AutoencoderLoss, AutoencoderLossConfig, autoencoder_train_step
-from .metrics import ReconstructionMetrics
-from .regularizers import perplexity
-from .utils import autocast, default_device, image_grid, save_image, seed_everything
+from ldm_minimal.autoencoder import VQModel, autoencoder_config, build_autoencoder
+from ldm_minimal.checkpoint import save_checkpoint
+from ldm_minimal.losses import AutoencoderLoss, AutoencoderLossConfig, autoencoder_train_step
+from ldm_minimal.evaluation.metrics import ReconstructionMetrics
+from ldm_minimal.regularizers import perplexity
+from ldm_minimal.utils import autocast, default_device, image_grid, save_image, seed_everything
 
 
 @dataclass
@@ -78,7 +78,7 @@ class AETrainConfig:
 
 def make_batches(world: str, resolution: int, batch_size: int, seed: int, split: str = "train") -> Iterator[torch.Tensor]:
     """An endless stream of image batches (B, 3, H, W) in [-1, 1] from a data world."""
-    from .data import ShapesConfig, ShapesDataset, collate, world_dataset
+    from ldm_minimal.data import ShapesConfig, ShapesDataset, collate, world_dataset
 
     if world == "shapes":
         # Rendered on the fly: an effectively infinite, never-repeating training set. Test uses another seed.

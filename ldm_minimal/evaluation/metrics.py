@@ -102,7 +102,7 @@ class ReconstructionMetrics:
 #
 # The paper reports FID on Inception-v3 pool features. Those weights cannot be downloaded offline, so the feature
 # network here is a small classifier trained on the data world itself (for shapes: the attribute judge,
-# ``ldm_minimal.attributes``). Figures are comparable between our models, never with the paper's numbers.
+# ``ldm_minimal.evaluation.attributes``). Figures are comparable between our models, never with the paper's numbers.
 
 
 class FeatureNet(torch.nn.Module):
@@ -117,7 +117,7 @@ class FeatureNet(torch.nn.Module):
         if not hasattr(classifier, "features") or not hasattr(classifier, "num_features"):
             raise TypeError(
                 f"{type(classifier).__name__} has no features()/num_features; pass a world classifier such as "
-                "ldm_minimal.attributes.load_attribute_classifier()."
+                "ldm_minimal.evaluation.attributes.load_attribute_classifier()."
             )
         self.classifier = classifier.eval()
         self.num_features = int(classifier.num_features)

@@ -35,7 +35,7 @@ Limits (read before trusting a number)
 * Robustness to generator artefacts is only as good as the blur/noise augmentation; we report its accuracy on
   autoencoder reconstructions as a check on that.
 
-Run ``python -m ldm_minimal.attributes --steps 2000 --out runs/attributes --ship`` to train, evaluate and ship it.
+Run ``python -m ldm_minimal.evaluation.attributes --steps 2000 --out runs/attributes --ship`` to train, evaluate and ship it.
 """
 
 from __future__ import annotations
@@ -58,10 +58,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange, repeat
 
-from .checkpoint import CheckpointError, load_state_into, read_checkpoint, save_checkpoint
-from .data.shapes import COLOUR_NAMES, POSITIONS, SHAPES, SIZES, parse_caption, render_sample, shapes_preset
-from .data.torch_datasets import image_to_tensor
-from .utils import DATA_DIR, check_images, count_parameters, unknown_name_error
+from ldm_minimal.checkpoint import CheckpointError, load_state_into, read_checkpoint, save_checkpoint
+from ldm_minimal.data.shapes import COLOUR_NAMES, POSITIONS, SHAPES, SIZES, parse_caption, render_sample, shapes_preset
+from ldm_minimal.data.torch_datasets import image_to_tensor
+from ldm_minimal.utils import DATA_DIR, check_images, count_parameters, unknown_name_error
 
 # The four attributes and their vocabularies, in the order of the world's own tuples (label i = VOCAB[attr][i]).
 ATTRIBUTES: tuple[str, ...] = ("shape", "colour", "size", "position")
@@ -195,7 +195,7 @@ class AttributeClassifier(nn.Module):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Images (B, 3, r, r) in [-1, 1] -> the pooled trunk features the heads read, (B, 2C) float32.
 
-        The feature space of FID, KID and precision/recall on this world (``ldm_minimal.metrics``), in place of
+        The feature space of FID, KID and precision/recall on this world (``ldm_minimal.evaluation.metrics``), in place of
         Inception's pool features, which cannot be downloaded offline.
         """
         return self._trunk(x)[1].float()
@@ -561,7 +561,7 @@ def _machine() -> str:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Train, evaluate (real held-out pictures and autoencoder reconstructions), write metrics.json, optionally ship."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    p = argparse.ArgumentParser(prog="python -m ldm_minimal.attributes", description=main.__doc__)
+    p = argparse.ArgumentParser(prog="python -m ldm_minimal.evaluation.attributes", description=main.__doc__)
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=2e-3)
@@ -603,7 +603,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     quality["real_blur1_noise0.05"] = evaluate_attribute_classifier(judge, n=args.n_eval, transform=degrade)
     if args.autoencoder:
-        from .checkpoint import load_autoencoder
+        from ldm_minimal.checkpoint import load_autoencoder
 
         ae, _ = load_autoencoder(args.autoencoder)
 
@@ -614,7 +614,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             **evaluate_attribute_classifier(judge, n=args.n_eval, transform=reconstruct),
             "autoencoder": Path(args.autoencoder).name,
         }
-    command = "python -m ldm_minimal.attributes " + " ".join(shlex.quote(a) for a in argv)
+    command = "python -m ldm_minimal.evaluation.attributes " + " ".join(shlex.quote(a) for a in argv)
     metrics = {
         "command": command,
         "steps": args.steps,
@@ -632,7 +632,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     print(json.dumps({k: metrics[k] for k in ("wall_time_s", "parameters", "quality")}, indent=2))
     if args.ship:
-        from .checkpoint import update_manifest
+        from ldm_minimal.checkpoint import update_manifest
 
         save_attribute_classifier(
             ship_path, model, info={"quality": quality}, dtype=torch.float16, overwrite=args.overwrite

@@ -24,8 +24,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .course import SOLUTIONS_DIR, CourseError, cell_source, kernel_environment
-from .utils import environment
+from ldm_minimal.course.notebooks import SOLUTIONS_DIR, CourseError, cell_source, kernel_environment
+from ldm_minimal.utils import environment
 
 
 def _graded_cells(nb: dict[str, Any]) -> dict[str, dict[str, Any]]:
