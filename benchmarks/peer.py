@@ -61,11 +61,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from ldm_minimal.autoencoder import AutoencoderConfig, AutoencoderKL, autoencoder_config, num_groups  # noqa: E402
-from ldm_minimal.autoencoder import diffusers_names as ae_diffusers_names  # noqa: E402
 from ldm_minimal.diffusion import GaussianDiffusion  # noqa: E402
+from ldm_minimal.interop import autoencoder_diffusers_names, unet_diffusers_names  # noqa: E402
 from ldm_minimal.latent_diffusion import ldm_config  # noqa: E402
 from ldm_minimal.samplers import ddim_sample, ddim_timesteps  # noqa: E402
-from ldm_minimal.unet import UNet, UNetConfig, diffusers_names, unet_config  # noqa: E402
+from ldm_minimal.unet import UNet, UNetConfig, unet_config  # noqa: E402
 
 PARAM_TOLERANCE = 0.01  # matched parameter counts must agree within 1%
 
@@ -93,7 +93,7 @@ def diffusers_unet_like(cfg: UNetConfig):
     - time embedding: sinusoid of width model_channels, cosines first (flip_sin_to_cos=True, freq_shift=0), then
       Linear(mc, 4 mc), SiLU, Linear(4 mc, 4 mc): diffusers' default time_embedding_dim = 4 * block_out_channels[0];
     - class-conditional models: num_class_embeds = num_classes + 1 (our extra row is the null class).
-    Remaining difference: none in the parameters (same names up to layout, see ``ldm_minimal.unet.diffusers_names``). In the
+    Remaining difference: none in the parameters (same names up to layout, see ``ldm_minimal.interop.unet_diffusers_names``). In the
     computation, diffusers' self-attention and ours both use SDPA; ours validates its inputs on every call.
     """
     from diffusers import UNet2DConditionModel
@@ -126,7 +126,7 @@ def diffusers_vae_like(cfg: AutoencoderConfig):
     ``cfg.norm_groups`` when it is set (the benchmark sets it, so both models compute the same function) and
     otherwise ``matched_norm_groups(cfg)`` (our presets' default, num_groups(width) per layer, uses 16 groups at
     width 64 in the tiny presets). Our 1x1-conv q/k/v/proj of the attention blocks are diffusers' Linear layers (same
-    parameters; ``ldm_minimal.autoencoder.diffusers_names`` maps the names).
+    parameters; ``ldm_minimal.interop.autoencoder_diffusers_names`` maps the names).
     """
     from diffusers import AutoencoderKL as DiffusersAutoencoderKL
 
@@ -400,7 +400,7 @@ def build_unet_pair(size: str, device: torch.device, seed: int = 0):
     ours = UNet(cfg)
     _perturb(ours, seed)
     theirs = diffusers_unet_like(cfg)
-    names = diffusers_names(ours)
+    names = unet_diffusers_names(ours)
     their_sd = theirs.state_dict()
     if sorted(names.values()) == sorted(their_sd):
         theirs.load_state_dict({names[n]: v for n, v in ours.state_dict().items()})
@@ -497,7 +497,7 @@ def ae_rows(size: str, batch: int, device: torch.device, clock: Clock, repeats: 
     ours = AutoencoderKL(cfg).eval()
     _perturb(ours, 4)
     theirs = diffusers_vae_like(cfg).eval()
-    names, their_sd = ae_diffusers_names(ours), theirs.state_dict()
+    names, their_sd = autoencoder_diffusers_names(ours), theirs.state_dict()
     theirs.load_state_dict({names[n]: v.reshape(their_sd[names[n]].shape) for n, v in ours.state_dict().items()})
     ours, theirs = ours.to(device), theirs.to(device)
     params = check_params(f"autoencoder {size} ({preset})", n_params(ours), n_params(theirs))

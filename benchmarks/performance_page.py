@@ -212,8 +212,8 @@ def render() -> str:
         "- **Matched models, same function.** `diffusers_unet_like(cfg)` builds a `UNet2DConditionModel` with our "
         "widths, levels, attention placement, heads, context width, time-embedding width, GroupNorm groups and "
         "scale-shift norm; `diffusers_vae_like(cfg)` an `AutoencoderKL` with our levels, widths and attention. Our "
-        "weights are copied into both (name maps `ldm_minimal.unet.diffusers_names`, "
-        "`ldm_minimal.autoencoder.diffusers_names`) and the outputs compared: UNet forward difference "
+        "weights are copied into both (name maps `ldm_minimal.interop.unet_diffusers_names`, "
+        "`ldm_minimal.interop.autoencoder_diffusers_names`) and the outputs compared: UNet forward difference "
         + ", ".join(f"{k.split(':')[1]} {v['forward_max_abs_difference']:.1e}" for k, v in checks.items()
                     if k.startswith("unet:"))
         + "; autoencoder encode / decode difference "

@@ -34,11 +34,18 @@ __all__ = [
     "BasicTransformerBlock",
     "SpatialTransformer",
     "aggregate_attention",
+    "check_context",
+    "check_context_mask",
 ]
 
 
-def _check_context(context: torch.Tensor, expected_width: int, batch: int, where: str) -> None:
-    """Raise a ValueError naming the problem and the fix for a malformed context tau_theta(y)."""
+# ----------------------------------------------------------------------------------------------------------------
+# Input checks. They read shapes and dtypes only (never tensor values), so they cost no device sync: the UNet runs
+# them once per forward on its inputs, and a layer called on its own (as the tests and notebooks do) runs them too.
+
+
+def check_context(context: torch.Tensor, expected_width: int, batch: int, where: str) -> None:
+    """Raise a ValueError naming the problem and the fix for a malformed context tau_theta(y) (B, L, width)."""
     if not isinstance(context, torch.Tensor):
         raise TypeError(
             f"context must be a torch.Tensor of shape (B, L, {expected_width}), got {type(context).__name__}."
@@ -62,8 +69,8 @@ def _check_context(context: torch.Tensor, expected_width: int, batch: int, where
         )
 
 
-def _check_mask(mask: torch.Tensor, batch: int, length: int) -> torch.Tensor:
-    """Validate a key padding mask (B, L) (True / 1 = keep) and return it as bool."""
+def check_context_mask(mask: torch.Tensor, batch: int, length: int) -> torch.Tensor:
+    """Validate a key padding mask (B, L) (True / 1 = keep) and return it as bool (the same tensor if it is)."""
     if not isinstance(mask, torch.Tensor):
         raise TypeError(
             f"context_mask must be a torch.Tensor of shape ({batch}, {length}), got {type(mask).__name__}."
@@ -78,7 +85,7 @@ def _check_mask(mask: torch.Tensor, batch: int, length: int) -> torch.Tensor:
             f"context_mask must be bool or integer 0/1 (True = keep), got dtype {mask.dtype}. "
             "Use context_mask.bool() if it holds 0/1 values."
         )
-    return mask.bool()
+    return mask if mask.dtype == torch.bool else mask.bool()
 
 
 class CrossAttention(nn.Module):
@@ -134,10 +141,10 @@ class CrossAttention(nn.Module):
                     "Pass context=tau_theta(y), or build the layer with context_dim=None for self-attention."
                 )
         else:
-            _check_context(context, self.context_dim, b, "this attention layer")
+            check_context(context, self.context_dim, b, "this attention layer")
         keep = None
         if context_mask is not None:
-            keep = _check_mask(context_mask, b, context.shape[1]).to(x.device)
+            keep = check_context_mask(context_mask, b, context.shape[1]).to(x.device)  # a no-op inside the UNet
 
         q = rearrange(self.to_q(x), "b n (h d) -> b h n d", h=self.heads)  # (B, H, N, d)
         k = rearrange(self.to_k(context), "b l (h d) -> b h l d", h=self.heads)  # (B, H, L, d)

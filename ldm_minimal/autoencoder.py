@@ -23,7 +23,6 @@ diffusion model uses: attributes ``f`` and ``latent_channels``, ``encode_latent(
 from __future__ import annotations
 
 import dataclasses
-import re
 from dataclasses import dataclass
 
 import torch
@@ -468,36 +467,3 @@ def build_autoencoder(cfg_or_preset_name: AutoencoderConfig | str, **overrides) 
             f"Valid presets: {', '.join(sorted(AUTOENCODER_PRESETS))}."
         )
     return AutoencoderKL(cfg) if cfg.kind == "kl" else VQModel(cfg)
-
-
-def diffusers_names(model: AutoencoderKL) -> dict[str, str]:
-    """Our KL autoencoder's parameter names -> those of diffusers' ``AutoencoderKL`` of the same architecture.
-
-    The counterpart of ``ldm_minimal.unet.diffusers_names``. Besides the names, one layout differs: our attention
-    projections q, k, v, proj_out are 1x1 convolutions with weights (C, C, 1, 1), diffusers' are Linear layers with
-    weights (C, C); ``weight.flatten(1)`` (or ``reshape(C, C, 1, 1)`` the other way) moves them. Same group counts
-    in both need ``norm_groups`` set (diffusers uses one count for every GroupNorm).
-    """
-    if not isinstance(model, AutoencoderKL):
-        raise TypeError(f"diffusers_names maps an AutoencoderKL (diffusers has no VQ autoencoder of this layout), "
-                        f"got {type(model).__name__}.")
-    rules = (
-        (r"^encoder\.levels\.(\d+)\.blocks\.", r"encoder.down_blocks.\1.resnets."),
-        (r"^encoder\.levels\.(\d+)\.attns\.", r"encoder.down_blocks.\1.attentions."),
-        (r"^encoder\.levels\.(\d+)\.resample\.", r"encoder.down_blocks.\1.downsamplers.0."),
-        (r"^decoder\.levels\.(\d+)\.blocks\.", r"decoder.up_blocks.\1.resnets."),
-        (r"^decoder\.levels\.(\d+)\.attns\.", r"decoder.up_blocks.\1.attentions."),
-        (r"^decoder\.levels\.(\d+)\.resample\.", r"decoder.up_blocks.\1.upsamplers.0."),
-        (r"\.mid\.block_1\.", ".mid_block.resnets.0."), (r"\.mid\.attn_1\.", ".mid_block.attentions.0."),
-        (r"\.mid\.block_2\.", ".mid_block.resnets.1."), (r"\.norm_out\.", ".conv_norm_out."),
-        (r"\.shortcut\.", ".conv_shortcut."), (r"(attentions\.\d+)\.norm\.", r"\1.group_norm."),
-        (r"(attentions\.\d+)\.q\.", r"\1.to_q."), (r"(attentions\.\d+)\.k\.", r"\1.to_k."),
-        (r"(attentions\.\d+)\.v\.", r"\1.to_v."), (r"(attentions\.\d+)\.proj_out\.", r"\1.to_out.0."),
-    )
-    names = {}
-    for name in model.state_dict():
-        new = name
-        for pattern, repl in rules:
-            new = re.sub(pattern, repl, new)
-        names[name] = new
-    return names

@@ -186,7 +186,9 @@ class GaussianDiffusion(nn.Module):
                 f"t must have shape (B,) = ({batch},), one timestep per sample, got shape {tuple(t.shape)}. "
                 f"Use torch.full(({batch},), t) for a shared timestep."
             )
-        lo, hi = min_max(t) if t.numel() else (0, 0)
+        # Values are checked on the CPU only: reading a GPU tensor here would stall the device at every step, and
+        # there the table lookup (gather) rejects an out-of-range index itself.
+        lo, hi = min_max(t) if t.numel() and t.device.type == "cpu" else (0, 0)
         if lo < 0 or hi >= self.T:
             raise ValueError(f"Timesteps must lie in [0, {self.T - 1}] (T={self.T}), got values in [{lo:g}, {hi:g}].")
 

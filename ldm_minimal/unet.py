@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from ldm_minimal.attention import SpatialTransformer, _check_context, _check_mask
+from ldm_minimal.attention import SpatialTransformer, check_context, check_context_mask
 from ldm_minimal.utils import ChannelsLastOnCPU, min_max, unknown_name_error
 
 __all__ = [
@@ -41,7 +41,6 @@ __all__ = [
     "UNET_PRESETS",
     "unet_config",
     "UNet",
-    "diffusers_names",
 ]
 
 
@@ -370,8 +369,10 @@ class UNet(ChannelsLastOnCPU):
         context: torch.Tensor | None,
         context_mask: torch.Tensor | None,
         y: torch.Tensor | None,
-    ) -> torch.Tensor:
-        """Validate the inputs with messages that name the fix; return t as a float tensor (B,) on x's device."""
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Validate the inputs with messages that name the fix (shapes and dtypes; label values only on the CPU,
+        where reading them costs no device sync). Returns t as a float tensor (B,) on x's device and the context
+        mask as bool on x's device (or None)."""
         cfg = self.cfg
         if not isinstance(x, torch.Tensor) or x.ndim != 4:
             shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
@@ -419,7 +420,9 @@ class UNet(ChannelsLastOnCPU):
             if not isinstance(y, torch.Tensor) or y.is_floating_point() or y.shape != (b,):
                 desc = f"{tuple(y.shape)} {y.dtype}" if isinstance(y, torch.Tensor) else type(y).__name__
                 raise ValueError(f"y must be an integer tensor of shape ({b},), got {desc}. Use y.long().reshape(-1).")
-            lo, hi = min_max(y) if y.numel() else (0, 0)
+            # On an accelerator an out-of-range label fails in the embedding lookup itself (a device-side check);
+            # reading the values here would stall the device every step, so only CPU labels are range-checked.
+            lo, hi = min_max(y) if y.numel() and y.device.type == "cpu" else (0, 0)
             if lo < 0 or hi > cfg.num_classes:
                 raise ValueError(
                     f"y holds labels in [{lo:g}, {hi:g}] but valid labels are "
@@ -440,12 +443,13 @@ class UNet(ChannelsLastOnCPU):
                 "encoding of the empty prompt (or any context with a context_mask that is all False)."
             )
         if context is not None:
-            _check_context(context, cfg.context_dim, b, "this UNet")
+            check_context(context, cfg.context_dim, b, "this UNet")
             if context_mask is not None:
-                _check_mask(context_mask, b, context.shape[1])
+                # bool, on x's device, once: every cross-attention layer then takes it as it is
+                context_mask = check_context_mask(context_mask, b, context.shape[1]).to(x.device)
         elif context_mask is not None:
             raise ValueError("context_mask was given without a context. Pass context too, or context_mask=None.")
-        return t
+        return t, context_mask
 
     def forward(
         self,
@@ -456,7 +460,7 @@ class UNet(ChannelsLastOnCPU):
         y: torch.Tensor | None = None,
         return_attention: bool = False,
     ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        t = self._check_inputs(x, t, context, context_mask, y)
+        t, context_mask = self._check_inputs(x, t, context, context_mask, y)
         cfg = self.cfg
 
         # time embedding: MLP(sinusoid(t)); class conditioning adds a learned embedding of y to it
@@ -480,43 +484,3 @@ class UNet(ChannelsLastOnCPU):
         if return_attention:
             return eps, maps
         return eps
-
-
-def diffusers_names(model: UNet) -> dict[str, str]:
-    """Our UNet's parameter names -> those of diffusers' ``UNet2DConditionModel`` built to the same architecture.
-
-    The two hold the same tensors under other names (the course's "compare with the library" step): with this map
-    a state dict moves from one to the other, which the tests use to check that both compute the same function and
-    ``benchmarks/peer.py`` to time them on the same weights.
-    """
-    cfg = model.cfg
-    prefixes = {
-        "time_embed.0.": "time_embedding.linear_1.", "time_embed.2.": "time_embedding.linear_2.",
-        "class_embed.": "class_embedding.", "norm_out.": "conv_norm_out.",
-        "mid.0.": "mid_block.resnets.0.", "mid.1.": "mid_block.attentions.0.", "mid.2.": "mid_block.resnets.1.",
-    }
-    k = 0
-    for level in range(cfg.levels):
-        for j in range(cfg.num_res_blocks):
-            prefixes[f"down.{k}.0."] = f"down_blocks.{level}.resnets.{j}."
-            prefixes[f"down.{k}.1."] = f"down_blocks.{level}.attentions.{j}."
-            k += 1
-        if level != cfg.levels - 1:
-            prefixes[f"down.{k}.0."] = f"down_blocks.{level}.downsamplers.0."
-            k += 1
-    for k, block in enumerate(model.up):
-        level, j = divmod(k, cfg.num_res_blocks + 1)
-        prefixes[f"up.{k}.0."] = f"up_blocks.{level}.resnets.{j}."
-        for i, layer in enumerate(block):
-            if isinstance(layer, SpatialTransformer):
-                prefixes[f"up.{k}.{i}."] = f"up_blocks.{level}.attentions.{j}."
-            elif isinstance(layer, Upsample):
-                prefixes[f"up.{k}.{i}."] = f"up_blocks.{level}.upsamplers.0."
-    renames = ((".emb_proj.", ".time_emb_proj."), (".skip.", ".conv_shortcut."), (".blocks.", ".transformer_blocks."))
-    names = {}
-    for name in model.state_dict():
-        new = next((b + name[len(a):] for a, b in prefixes.items() if name.startswith(a)), name)
-        for a, b in renames:
-            new = new.replace(a, b)
-        names[name] = new
-    return names

@@ -15,9 +15,9 @@ from ldm_minimal.autoencoder import (
     VQModel,
     autoencoder_config,
     build_autoencoder,
-    diffusers_names,
     num_groups,
 )
+from ldm_minimal.interop import autoencoder_diffusers_names
 from ldm_minimal.regularizers import DiagonalGaussian
 
 FACTORS = [1, 2, 4, 8, 16]
@@ -327,7 +327,7 @@ def test_kl_autoencoder_matches_diffusers(case):
         layers_per_block=cfg.num_res_blocks, latent_channels=3, norm_num_groups=groups,
     ).eval()
     peer_state = peer.state_dict()
-    names = diffusers_names(ours)
+    names = autoencoder_diffusers_names(ours)
     assert sorted(names.values()) == sorted(peer_state), "architectures differ"
     # 1x1 conv (C, C, 1, 1) -> linear (C, C)
     peer.load_state_dict({names[k]: v.reshape(peer_state[names[k]].shape) for k, v in ours.state_dict().items()})

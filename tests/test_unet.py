@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ldm_minimal.unet import UNET_PRESETS, UNet, UNetConfig, diffusers_names, timestep_embedding, unet_config
+from ldm_minimal.interop import unet_diffusers_names
+from ldm_minimal.unet import UNET_PRESETS, UNet, UNetConfig, timestep_embedding, unet_config
 
 
 @pytest.fixture(autouse=True)
@@ -241,7 +242,7 @@ def test_matches_diffusers_unet_with_the_same_weights(scale_shift: bool) -> None
     ).eval()
     perturb_zero_layers(theirs)
     their_sd = theirs.state_dict()
-    names = diffusers_names(ours)
+    names = unet_diffusers_names(ours)
     assert sorted(names.values()) == sorted(their_sd), "architectures differ"
     ours.load_state_dict({n: their_sd[d] for n, d in names.items()})
 
