@@ -21,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 
+from ldm_minimal.cli.course import add_course_command, add_grade_command
 from ldm_minimal.utils import DATA_DIR
 
 
@@ -174,12 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     w = sub.add_parser("worlds", help="list the data worlds")
     w.set_defaults(func=cmd_worlds)
 
-    from ldm_minimal.course.notebooks import add_course_command
-
-    add_course_command(sub)  # course build
-
-    from ldm_minimal.course.grade import add_grade_command
-
+    add_course_command(sub)  # course build, course run
     add_grade_command(sub)  # grade
     return p
 

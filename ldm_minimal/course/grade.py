@@ -16,8 +16,6 @@ For each submission (matched to ``solutions/<same file name>`` unless ``--soluti
 
 from __future__ import annotations
 
-import argparse
-import csv
 import json
 import tempfile
 import time
@@ -110,42 +108,3 @@ def _result(submission: Path, reference: dict, present: set | dict, feedback: di
                      "feedback": "passed" if ok else feedback.get(gid, "failed")})
     return {"submission": str(submission), "exercises": rows, "total": sum(r["points"] for r in rows),
             "max_total": sum(r["max_points"] for r in rows), "seconds": round(seconds, 1)}
-
-
-def cmd_grade(args: argparse.Namespace) -> int:
-    out = Path(args.out)
-    targets = [out / "grades.json", out / "grades.csv"]
-    existing = [str(p) for p in targets if p.exists()]
-    if existing and not args.overwrite:
-        raise FileExistsError(f"{', '.join(existing)} already exist. Pass --overwrite or choose another --out.")
-    results = []
-    for sub in args.submissions:
-        r = grade_notebook(sub, args.solution, args.cell_timeout, args.total_timeout, mode=args.mode, threads=args.threads)
-        results.append(r)
-        print(f"{Path(sub).name}: {r['total']:g} / {r['max_total']:g} points ({r['seconds']} s)")
-        for e in r["exercises"]:
-            print(f"  {e['grade_id']}: {e['points']:g} / {e['max_points']:g}  {e['feedback']}")
-    out.mkdir(parents=True, exist_ok=True)
-    targets[0].write_text(json.dumps(results, indent=2) + "\n")
-    with open(targets[1], "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["submission", "grade_id", "points", "max_points", "feedback"])
-        for r in results:
-            for e in r["exercises"]:
-                w.writerow([r["submission"], e["grade_id"], e["points"], e["max_points"], e["feedback"]])
-    print(f"wrote {targets[0]} and {targets[1]}")
-    return 0
-
-
-def add_grade_command(sub) -> None:
-    g = sub.add_parser("grade", help="grade exercise notebooks against solutions/ (CSV and JSON)",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    g.add_argument("submissions", nargs="+", help="submitted .ipynb files")
-    g.add_argument("--solution", help="the solution notebook (default: solutions/<the submission's file name>)")
-    g.add_argument("--out", default="grades", help="folder for grades.json and grades.csv")
-    g.add_argument("--cell-timeout", type=float, default=120, help="seconds a cell may run before it is interrupted")
-    g.add_argument("--total-timeout", type=float, default=900, help="seconds for the whole notebook")
-    g.add_argument("--mode", default="FAST", choices=["FAST", "FULL"], help="the course mode the kernel runs in")
-    g.add_argument("--threads", type=int, default=None, help="torch CPU threads in each kernel (default: all cores)")
-    g.add_argument("--overwrite", action="store_true", help="replace existing grade files")
-    g.set_defaults(func=cmd_grade)

@@ -18,12 +18,10 @@ whose content no longer matches that record (someone edited it) unless ``--force
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
-import os
-import platform
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -151,9 +149,7 @@ def run_notebook(path: Path, out_dir: Path, mode: str = "FAST", timeout: float =
     Returns ``{"notebook", "mode", "wall_s", "kernel_cpu_s", "kernel_peak_rss_mb", "error"}``; the executed copy, outputs included,
     is written to ``out_dir`` (a run's output folder, never the source notebook).
     """
-    import time
-
-    import nbformat
+    import nbformat  # heavy, needed only to run notebooks
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError
 
@@ -180,59 +176,3 @@ def run_notebook(path: Path, out_dir: Path, mode: str = "FAST", timeout: float =
     out_dir.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, out_dir / path.name)
     return {"notebook": path.name, "mode": mode, "wall_s": round(wall, 1), **usage, "error": error}
-
-
-def cmd_run(args: argparse.Namespace) -> int:
-    paths = [Path(p) for p in args.paths] or sorted(Path(args.solutions).glob("*.ipynb"))
-    if not paths:
-        raise CourseError(f"no notebooks to run under {args.solutions}.")
-    times_path = Path(args.times) if args.times else None
-    times = json.loads(times_path.read_text()) if times_path and times_path.exists() else {}
-    failed = 0
-    for path in paths:
-        if not path.exists():
-            raise CourseError(f"{path} does not exist.")
-        r = run_notebook(path, Path(args.out), mode=args.mode.upper(), timeout=args.timeout, threads=args.threads)
-        failed += r["error"] is not None
-        print(f"{r['notebook']:<40} {r['mode']}  wall {r['wall_s']:7.1f} s  kernel CPU {r['kernel_cpu_s']} s"
-              f"  peak memory {r['kernel_peak_rss_mb']} MB"
-              + (f"  ERROR {r['error']}" if r["error"] else ""), flush=True)
-        if times_path and r["error"] is None:
-            times.setdefault(r["mode"], {})[r["notebook"]] = {
-                "wall_s": r["wall_s"], "kernel_cpu_s": r["kernel_cpu_s"], "kernel_peak_rss_mb": r["kernel_peak_rss_mb"],
-                "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores", "threads": args.threads or "default"}
-            times_path.write_text(json.dumps(times, indent=1, sort_keys=True) + "\n")
-    print(f"executed copies in {args.out}" + (f"; times in {times_path}" if times_path else ""))
-    return 1 if failed else 0
-
-
-def cmd_course(args: argparse.Namespace) -> int:
-    if args.action == "run":
-        return cmd_run(args)
-    changed = build(Path(args.solutions), Path(args.notebooks), check=args.check, force=args.force)
-    if args.check:
-        if changed:
-            print(f"out of date: {', '.join(changed)}. Run `python -m ldm_minimal course build`.")
-            return 1
-        print("notebooks/ matches solutions/.")
-        return 0
-    print(f"wrote {len(changed)} student notebook(s)" + (f": {', '.join(changed)}" if changed else ""))
-    return 0
-
-
-def add_course_command(sub) -> None:
-    c = sub.add_parser("course", help="build the student notebooks from solutions/ (nbgrader markers)",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    c.add_argument("action", choices=["build", "run"],
-                   help="build: write notebooks/ from solutions/; run: execute notebooks and time them")
-    c.add_argument("paths", nargs="*", help="run: the notebooks to execute (default: every solutions/*.ipynb)")
-    c.add_argument("--mode", default="FAST", choices=["FAST", "FULL", "fast", "full"], help="run: the course mode")
-    c.add_argument("--out", default="runs/course/executed", help="run: where the executed copies go")
-    c.add_argument("--times", default=None, help="run: a JSON file to record the wall times in (merged)")
-    c.add_argument("--timeout", type=float, default=900, help="run: seconds allowed per cell")
-    c.add_argument("--threads", type=int, default=None, help="run: torch CPU threads in the kernel")
-    c.add_argument("--check", action="store_true", help="only report whether notebooks/ is out of date (exit 1)")
-    c.add_argument("--force", action="store_true", help="replace student notebooks even if they were edited")
-    c.add_argument("--solutions", default=str(SOLUTIONS_DIR))
-    c.add_argument("--notebooks", default=str(NOTEBOOKS_DIR))
-    c.set_defaults(func=cmd_course)
