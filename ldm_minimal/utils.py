@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -172,8 +173,6 @@ def count_parameters(module: torch.nn.Module, trainable_only: bool = False) -> i
 
 def seed_everything(seed: int) -> torch.Generator:
     """Seed torch, numpy and Python's random; returns a CPU torch.Generator seeded the same way."""
-    import random
-
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)

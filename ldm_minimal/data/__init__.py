@@ -19,6 +19,7 @@ When that folder exists it is loaded with ``load_from_disk`` and never regenerat
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -44,7 +45,7 @@ from ldm_minimal.data.shapes import (
     render_sample,
     shapes_preset,
 )
-from ldm_minimal.data.torch_datasets import ShapesDataset, WorldDataset, collate, world_dataset
+from ldm_minimal.data.torch_datasets import ShapesDataset, WorldDataset, collate
 
 FORMAT_VERSION = 1  # bump when a world's generator changes, so that old caches are not mistaken for new ones
 WORLDS = ("shapes", "emoji", "hf:<repo id>", "folder:<path>", "parquet:<path>")
@@ -94,9 +95,7 @@ def _shapes_config(split: str, resolution: int, seed: int, options: dict) -> Sha
 
 
 def _encode_png(array) -> dict:
-    import io
-
-    from PIL import Image
+    from PIL import Image  # Pillow: imported where pictures are encoded
 
     buf = io.BytesIO()
     Image.fromarray(array).save(buf, format="PNG", compress_level=1)
@@ -248,6 +247,19 @@ def load_world(
     except OSError:  # another process finished first: keep theirs
         shutil.rmtree(tmp, ignore_errors=True)
     return datasets.load_from_disk(str(path))
+
+
+def world_dataset(
+    name: str = "shapes",
+    split: str = "train",
+    resolution: int = 32,
+    size: int | None = None,
+    seed: int = 0,
+    cache_dir: str | Path | None = None,
+    **options,
+) -> WorldDataset:
+    """load_world(...) wrapped as a torch dataset of tensors in [-1, 1], channels first."""
+    return WorldDataset(load_world(name, split, resolution, size, seed, cache_dir, **options))
 
 
 __all__ = [

@@ -19,6 +19,8 @@ from typing import Sequence
 
 import numpy as np
 
+from ldm_minimal.utils import unknown_name_error
+
 SOURCE_KINDS = ("auto", "hub", "folder", "parquet")
 
 
@@ -46,8 +48,6 @@ def center_crop_resize(image, resolution: int):
 
 def _resolve_kind(source: str | Sequence[str], kind: str) -> str:
     if kind not in SOURCE_KINDS:
-        from ldm_minimal.utils import unknown_name_error
-
         raise unknown_name_error("source kind", kind, SOURCE_KINDS)
     if kind != "auto":
         return kind

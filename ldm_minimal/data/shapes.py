@@ -24,6 +24,7 @@ array elements (thousands of 32x32 images per second on one core, see benchmarks
 
 from __future__ import annotations
 
+import json
 import re
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
@@ -436,13 +437,9 @@ def render_batch(indices, cfg: ShapesConfig | None = None) -> tuple[np.ndarray, 
 
 def objects_json(objects: list[ShapeObject]) -> str:
     """The objects as a JSON string (how datasets and torch batches carry them): a list of ShapeObject dicts."""
-    import json
-
     return json.dumps([o.as_dict() for o in objects], separators=(",", ":"))
 
 
 def objects_from_json(text: str) -> list[ShapeObject]:
     """Inverse of objects_json."""
-    import json
-
     return [ShapeObject(**{**d, "bbox": tuple(d["bbox"])}) for d in json.loads(text)]

@@ -11,7 +11,6 @@ Each item is a dict: {"image": float32 (3, H, W) in [-1, 1], "caption": str, "cl
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -58,21 +57,6 @@ class WorldDataset(Dataset):
             item["semantic"] = torch.from_numpy(np.asarray(row["semantic"].convert("L"), dtype=np.int64))
             item["objects"] = row["objects"]
         return item
-
-
-def world_dataset(
-    name: str = "shapes",
-    split: str = "train",
-    resolution: int = 32,
-    size: int | None = None,
-    seed: int = 0,
-    cache_dir: str | Path | None = None,
-    **options,
-) -> WorldDataset:
-    """load_world(...) wrapped as a torch dataset of tensors in [-1, 1], channels first."""
-    from ldm_minimal.data import load_world
-
-    return WorldDataset(load_world(name, split, resolution, size, seed, cache_dir, **options))
 
 
 class ShapesDataset(Dataset):
