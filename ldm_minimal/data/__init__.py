@@ -249,17 +249,9 @@ def load_world(
     return datasets.load_from_disk(str(path))
 
 
-def world_dataset(
-    name: str = "shapes",
-    split: str = "train",
-    resolution: int = 32,
-    size: int | None = None,
-    seed: int = 0,
-    cache_dir: str | Path | None = None,
-    **options,
-) -> WorldDataset:
-    """load_world(...) wrapped as a torch dataset of tensors in [-1, 1], channels first."""
-    return WorldDataset(load_world(name, split, resolution, size, seed, cache_dir, **options))
+def world_dataset(name: str = "shapes", split: str = "train", **settings) -> WorldDataset:
+    """load_world(name, split, **settings) wrapped as a torch dataset of tensors in [-1, 1], channels first."""
+    return WorldDataset(load_world(name, split, **settings))
 
 
 __all__ = [

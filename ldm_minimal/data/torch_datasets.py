@@ -1,7 +1,7 @@
 """Torch views of the data worlds: float images in [-1, 1], channels first, as the autoencoder E expects (Sec. 3.1).
 
     WorldDataset(hf_dataset)      wraps any load_world result (decodes one row per __getitem__)
-    world_dataset(name, ...)      = WorldDataset(load_world(name, ...))
+    (world_dataset(name, ...) = WorldDataset(load_world(name, ...)) lives beside load_world in ldm_minimal.data)
     ShapesDataset(cfg, length)    renders shapes on the fly: no cache, no disk, the fast path for training
     collate(batch)                stacks tensors and numbers, keeps strings as lists
 
