@@ -67,7 +67,8 @@ def unet_cost(name: str, batch: int, size: int, context: tuple[int, int] | None,
 
 def ldm_step_cost(preset: str, batch: int, repeats: int) -> dict:
     from ldm_minimal.data import ShapesDataset, collate, shapes_preset
-    from ldm_minimal.latent_diffusion import LatentDiffusion, ldm_config
+    from ldm_minimal.latent_diffusion import LatentDiffusion
+    from ldm_minimal.latent_diffusion_config import ldm_config
 
     torch.manual_seed(0)
     cfg = ldm_config(preset)

@@ -63,7 +63,7 @@ sys.path.insert(0, str(ROOT))
 from ldm_minimal.autoencoder import AutoencoderConfig, AutoencoderKL, autoencoder_config, num_groups  # noqa: E402
 from ldm_minimal.diffusion import GaussianDiffusion  # noqa: E402
 from ldm_minimal.interop import autoencoder_diffusers_names, unet_diffusers_names  # noqa: E402
-from ldm_minimal.latent_diffusion import ldm_config  # noqa: E402
+from ldm_minimal.latent_diffusion_config import ldm_config  # noqa: E402
 from ldm_minimal.samplers import ddim_sample, ddim_timesteps  # noqa: E402
 from ldm_minimal.unet import UNet, UNetConfig, unet_config  # noqa: E402
 

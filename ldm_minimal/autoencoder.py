@@ -24,12 +24,15 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from ldm_minimal.checkpoint import CheckpointError, load_state_into, read_checkpoint
 from ldm_minimal.regularizers import DiagonalGaussian, VectorQuantizer
 from ldm_minimal.utils import ChannelsLastOnCPU, check_images, unknown_name_error
 
@@ -467,3 +470,22 @@ def build_autoencoder(cfg_or_preset_name: AutoencoderConfig | str, **overrides) 
             f"Valid presets: {', '.join(sorted(AUTOENCODER_PRESETS))}."
         )
     return AutoencoderKL(cfg) if cfg.kind == "kl" else VQModel(cfg)
+
+
+def load_autoencoder(path: str | Path, device: torch.device | str = "cpu") -> tuple[AutoencoderKL | VQModel, dict[str, Any]]:
+    """Rebuild a first-stage autoencoder from a checkpoint written by ``save_checkpoint(kind="autoencoder")``.
+
+    Weights are cast to float32 (shipped checkpoints are float16). Returns (model in eval mode, metadata).
+    """
+    state, meta = read_checkpoint(path)
+    if meta.get("kind") != "autoencoder":
+        raise CheckpointError(f"Checkpoint {path} holds a {meta.get('kind')!r}, not an autoencoder.")
+    fields = {f.name for f in dataclasses.fields(AutoencoderConfig)}
+    raw = meta["config"]
+    unknown = sorted(set(raw) - fields)
+    if unknown:
+        raise CheckpointError(f"Checkpoint {path} has config keys this version does not know: {unknown}.")
+    cfg = AutoencoderConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
+    model = build_autoencoder(cfg)
+    load_state_into(model, state, path)
+    return model.to(device).eval(), meta

@@ -9,6 +9,7 @@ failure names the file and what is wrong with it.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import tempfile
@@ -16,8 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
+
+from ldm_minimal import utils
 
 FORMAT = "ldm-minimal"
 
@@ -35,13 +38,14 @@ class CheckpointError(RuntimeError):
     """A checkpoint file is missing, corrupt, or does not fit the model it is loaded into."""
 
 
-def _to_jsonable(obj: Any) -> Any:
+def to_jsonable(obj: Any) -> Any:
+    """``obj`` as plain JSON types: dataclasses become dicts, tuples become lists, dict keys become strings."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return _to_jsonable(dataclasses.asdict(obj))
+        return to_jsonable(dataclasses.asdict(obj))
     if isinstance(obj, dict):
-        return {str(k): _to_jsonable(v) for k, v in obj.items()}
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_to_jsonable(v) for v in obj]
+        return [to_jsonable(v) for v in obj]
     return obj
 
 
@@ -91,7 +95,7 @@ def save_checkpoint(
         if dtype is not None and v.is_floating_point() and k not in keep_float32:
             v = v.to(dtype)
         tensors[k] = v.contiguous()
-    meta = {"format": FORMAT, "kind": kind, "config": _to_jsonable(config), "info": _to_jsonable(info or {})}
+    meta = {"format": FORMAT, "kind": kind, "config": to_jsonable(config), "info": to_jsonable(info or {})}
     # safetensors writes to a path; write to a temporary file next to the target, then rename atomically.
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -121,8 +125,6 @@ def _read(path: str | Path, tensors: bool) -> tuple[dict[str, torch.Tensor], dic
         raise CheckpointError(f"Checkpoint {path} does not exist. Check the path, or train one first.")
     try:
         state = load_file(str(path)) if tensors else {}
-        from safetensors import safe_open
-
         with safe_open(str(path), framework="pt") as fh:
             raw = (fh.metadata() or {}).get("ldm_minimal")
     except (SafetensorError, OSError, ValueError) as e:
@@ -139,8 +141,10 @@ def _read(path: str | Path, tensors: bool) -> tuple[dict[str, torch.Tensor], dic
     return state, meta
 
 
-def _mismatch_details(missing: list[str], unexpected: list[str], wrong: list[str],
-                      state: dict[str, torch.Tensor], own: dict[str, torch.Tensor]) -> str:
+def mismatch_details(missing: list[str], unexpected: list[str], wrong: list[str],
+                     state: dict[str, torch.Tensor], own: dict[str, torch.Tensor]) -> str:
+    """How a state dict read from a file differs from the one a model expects (``own``), in words: the missing and
+    unexpected tensor names and the shape mismatches, a few examples each."""
     details = []
     if missing:
         details.append(f"missing {len(missing)} tensors (e.g. {missing[:3]})")
@@ -162,40 +166,18 @@ def load_state_into(module: torch.nn.Module, state: dict[str, torch.Tensor], pat
     if missing or unexpected or wrong:
         raise CheckpointError(
             f"Checkpoint {path} does not fit this {type(module).__name__}: "
-            + _mismatch_details(missing, unexpected, wrong, state, own)
+            + mismatch_details(missing, unexpected, wrong, state, own)
             + ". It was saved from a different architecture/config: build the model from the checkpoint's own config."
         )
     # Cast to the module's dtype (shipped checkpoints are float16).
     module.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
 
 
-def load_autoencoder(path: str | Path, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Rebuild a first-stage autoencoder from a checkpoint written by ``save_checkpoint(kind="autoencoder")``.
-
-    Weights are cast to float32 (shipped checkpoints are float16). Returns (model in eval mode, metadata).
-    """
-    from ldm_minimal.autoencoder import AutoencoderConfig, build_autoencoder
-
-    state, meta = read_checkpoint(path)
-    if meta.get("kind") != "autoencoder":
-        raise CheckpointError(f"Checkpoint {path} holds a {meta.get('kind')!r}, not an autoencoder.")
-    fields = {f.name for f in dataclasses.fields(AutoencoderConfig)}
-    raw = meta["config"]
-    unknown = sorted(set(raw) - fields)
-    if unknown:
-        raise CheckpointError(f"Checkpoint {path} has config keys this version does not know: {unknown}.")
-    cfg = AutoencoderConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
-    model = build_autoencoder(cfg)
-    load_state_into(model, state, path)
-    return model.to(device).eval(), meta
-
-
 MANIFEST_NAME = "MANIFEST.json"
 
 
 def sha256_of(path: str | Path) -> str:
-    import hashlib
-
+    """The sha256 hex digest of a file (the manifest's checksums), read in 1 MiB chunks."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -210,7 +192,7 @@ def update_manifest(checkpoint: str | Path, entry: dict[str, Any]) -> Path:
     manifest = checkpoint.parent / MANIFEST_NAME
     data = json.loads(manifest.read_text()) if manifest.exists() else {"checkpoints": {}}
     data["checkpoints"][checkpoint.name] = {
-        **_to_jsonable(entry),
+        **to_jsonable(entry),
         "bytes": checkpoint.stat().st_size,
         "sha256": sha256_of(checkpoint),
     }
@@ -219,88 +201,56 @@ def update_manifest(checkpoint: str | Path, entry: dict[str, Any]) -> Path:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Latent diffusion models: one self-contained file (epsilon_theta, a trained tau_theta, the frozen first stage and
-# the scale factor), so that a shipped model needs nothing but itself. A *frozen pretrained* text encoder (MiniLM,
-# CLIP) is not stored: it is rebuilt from its own source, named in the config.
+# The shipped checkpoints (data/checkpoints/, listed with their training commands in its MANIFEST.json)
 # ----------------------------------------------------------------------------------------------------------------
 
-
-def ldm_state_dict(ldm: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The tensors a latent diffusion checkpoint stores: everything but a frozen conditioner's weights."""
-    cond = getattr(ldm, "conditioner", None)
-    skip_conditioner = cond is not None and not getattr(cond, "trainable", False)
-    return {k: v for k, v in ldm.state_dict().items() if not (skip_conditioner and k.startswith("conditioner."))}
-
-
-def _first_stage_spec(ldm: torch.nn.Module) -> dict[str, Any]:
-    fs = ldm.first_stage
-    cfg = getattr(fs, "cfg", None)
-    if cfg is None:  # IdentityFirstStage (f = 1, the pixel-space model)
-        return {"kind": "identity", "channels": int(fs.latent_channels)}
-    return {"kind": "autoencoder", "config": _to_jsonable(cfg)}
-
-
-def save_ldm(
-    path: str | Path,
-    ldm: torch.nn.Module,
-    *,
-    info: dict[str, Any] | None = None,
-    dtype: torch.dtype | None = None,
-    overwrite: bool = False,
-    state: dict[str, torch.Tensor] | None = None,
-) -> Path:
-    """Save a ``LatentDiffusion`` as one self-contained safetensors file (kind "ldm").
-
-    ``state`` replaces the model's own weights (the trainer passes the EMA weights here). The first stage's config
-    is stored with the model's config, so ``load_ldm`` rebuilds everything from the file alone.
-    """
-    tensors = ldm_state_dict(ldm) if state is None else state
-    config = {"ldm": ldm.cfg.to_dict(), "first_stage": _first_stage_spec(ldm)}
-    return save_checkpoint(path, tensors, kind="ldm", config=config, info=info, dtype=dtype, overwrite=overwrite)
+# file names under DATA_DIR / "checkpoints" (read at call time, so that LDM_MINIMAL_DATA and tests can move it)
+SHIPPED: dict[str, str] = {
+    "t2i": "shapes32-t2i.safetensors",
+    "inpaint": "shapes32-inpaint.safetensors",
+    "sr": "shapes32-sr.safetensors",
+    "emoji": "emoji32-t2i.safetensors",
+}
+# the latent diffusion preset each shipped checkpoint was trained from (for the "how to train it" hints)
+SHIPPED_PRESETS: dict[str, str] = {  # the --model of the training command that makes each shipped checkpoint
+    "t2i": "shapes-t2i",
+    "inpaint": "shapes-inpaint",
+    "sr": "shapes-sr",
+    "emoji": "emoji-t2i",
+}
+CHECKPOINT_DIR: Path | None = None  # None = utils.DATA_DIR / "checkpoints"
 
 
-def load_ldm(path: str | Path, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Rebuild a ``LatentDiffusion`` from a file written by ``save_ldm`` (float32, eval mode). Returns (model, meta)."""
-    from ldm_minimal.autoencoder import AutoencoderConfig, IdentityFirstStage, build_autoencoder
-    from ldm_minimal.latent_diffusion import LatentDiffusion, LatentDiffusionConfig
+def checkpoint_dir() -> Path:
+    """Where the shipped checkpoints live: DATA_DIR / "checkpoints" (DATA_DIR follows $LDM_MINIMAL_DATA)."""
+    return CHECKPOINT_DIR if CHECKPOINT_DIR is not None else utils.DATA_DIR / "checkpoints"
 
-    state, meta = read_checkpoint(path)
-    if meta.get("kind") != "ldm":
-        hint = " Load it with load_autoencoder()." if meta.get("kind") == "autoencoder" else ""
-        raise CheckpointError(f"Checkpoint {path} holds a {meta.get('kind')!r}, not a latent diffusion model.{hint}")
-    try:
-        cfg = LatentDiffusionConfig.from_dict(meta["config"]["ldm"])
-        fs_spec = meta["config"]["first_stage"]
-        if fs_spec["kind"] == "identity":
-            first_stage: torch.nn.Module = IdentityFirstStage(int(fs_spec.get("channels", 3)))
-        else:
-            raw = fs_spec["config"]
-            first_stage = build_autoencoder(
-                AutoencoderConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
+
+def shipped_checkpoint(kind: str) -> Path:
+    """The path of a shipped checkpoint: kind in SHIPPED ("t2i", "inpaint", "sr", "emoji"); it may not exist."""
+    if kind not in SHIPPED:
+        raise utils.unknown_name_error("shipped checkpoint", kind, SHIPPED)
+    return checkpoint_dir() / SHIPPED[kind]
+
+
+def resolve_checkpoint(path: str | Path | None, kind: str) -> Path:
+    """``path`` if given, else the shipped checkpoint of ``kind``; a missing file raises FileNotFoundError saying
+    which file is missing and how to get it."""
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(
+                f"Checkpoint {p} does not exist. Check the path; a latent diffusion checkpoint is the .safetensors "
+                "file written by save_ldm (the training run's output)."
             )
-        ldm = LatentDiffusion(cfg, first_stage=first_stage)
-    except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(
-            f"Checkpoint {path} has a latent diffusion config this version cannot build ({type(e).__name__}: {e})."
-        ) from e
-    expected = ldm_state_dict(ldm)
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
-    if missing or unexpected or wrong:
-        raise CheckpointError(f"Checkpoint {path} does not fit the latent diffusion model its config describes: "
-                              + _mismatch_details(missing, unexpected, wrong, state, expected)
-                              + ". The file was edited or written by another version; re-export or re-train it.")
-    own = ldm.state_dict()
-    ldm.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=False)
-    return ldm.to(device).eval(), meta
-
-
-def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Any ldm-minimal checkpoint: an autoencoder or a latent diffusion model, by the kind stored in the file."""
-    kind = read_metadata(path).get("kind")
-    if kind == "autoencoder":
-        return load_autoencoder(path, device)
-    if kind == "ldm":
-        return load_ldm(path, device)
-    raise CheckpointError(f"Checkpoint {path} holds a {kind!r}; expected 'autoencoder' or 'ldm'.")
+        return p
+    p = shipped_checkpoint(kind)
+    if not p.is_file():
+        raise FileNotFoundError(
+            f"The shipped {kind!r} checkpoint is missing: {p} does not exist. Restore it from the repository "
+            f"(git checkout -- {p.name} in {p.parent}), train one (`python -m ldm_minimal train ldm --preset cpu "
+            f"--model {SHIPPED_PRESETS[kind]} --first-stage <autoencoder> --out runs/x`, then `python -m ldm_minimal "
+            f"export --run runs/x --to {p}`; data/checkpoints/MANIFEST.json has the exact commands), or pass "
+            "--checkpoint PATH (Python: checkpoints={...})."
+        )
+    return p

@@ -21,206 +21,43 @@ need:
   the low-resolution image for super-resolution, the masked image + mask for inpainting).
 - ``conditioner`` (tau_theta, may be None) and ``diffusion`` (the schedule and the objective).
 
+What it is built from (``LatentDiffusionConfig``, the presets ``LDM_PRESETS``, ``ldm_config``) is
+ldm_minimal/latent_diffusion_config.py; ``save_ldm`` / ``load_ldm`` (one self-contained file) are
+ldm_minimal/latent_diffusion_io.py.
+
 Condition dropout (Ho & Salimans, 2021): during training each sample's condition is replaced by the conditioner's
 null condition with probability ``cond_drop_prob`` (0.1), so the same network also learns the unconditional
-epsilon_theta(z_t, t, null) that classifier-free guidance needs. The reference training code lacks this; we
-have it.
+epsilon_theta(z_t, t, null) that classifier-free guidance needs (ldm_minimal/guidance.py). The reference
+training code lacks this; we have it.
 
 Shapes: B batch, C latent channels, (H, W) image size, (h, w) = (H / f, W / f) latent size.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import types
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ldm_minimal.autoencoder import AUTOENCODER_PRESETS, IdentityFirstStage, build_autoencoder
-from ldm_minimal.diffusion import DiffusionConfig, GaussianDiffusion, diffusion_config
-from ldm_minimal.samplers import SampleResult, ddim_sample, ddpm_sample
+from ldm_minimal.conditioning import build_conditioner
+from ldm_minimal.conditioning.base import Conditioner, pair
+from ldm_minimal.diffusion import GaussianDiffusion
+from ldm_minimal.guidance import condition_keep_mask
+from ldm_minimal.latent_diffusion_config import LatentDiffusionConfig, build_first_stage, ldm_config
+from ldm_minimal.samplers import SAMPLERS, SampleResult, ddim_sample, ddpm_sample
 from ldm_minimal.unet import UNet, UNetConfig, unet_config
 from ldm_minimal.utils import check_images, eval_mode, unknown_name_error
 
-__all__ = [
-    "LatentDiffusionConfig",
-    "LDM_PRESETS",
-    "ldm_config",
-    "build_first_stage",
-    "LatentDiffusion",
-]
-
-SAMPLERS = ("ddim", "ddpm")
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Configuration
-# --------------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class LatentDiffusionConfig:
-    """What a latent diffusion model is made of (paper Sec. 3-4, App. E).
-
-    first_stage: an autoencoder preset name (``AUTOENCODER_PRESETS``, randomly initialised: fine for tests, but a
-        real run passes a trained checkpoint path or a loaded model), ``"identity"`` (f = 1, the pixel-space DM),
-        or the path of a ``.safetensors`` autoencoder checkpoint.
-    unet / unet_overrides: a UNet preset name and field overrides. in_channels, out_channels, context_dim and
-        num_classes are derived from the first stage and the conditioner; do not set them by hand.
-    conditioner / conditioner_kwargs: a ``build_conditioner`` name ("class", "text-joint", "text-frozen",
-        "layout", "semantic", "lowres", "inpaint") or None for an unconditional model.
-    diffusion: a ``DiffusionConfig`` or a diffusion preset name ("ldm", "sd").
-    cond_drop_prob: probability of replacing a sample's condition by the null condition in training.
-    image_size: the training resolution H = W (sampling defaults to it; larger latents give larger images).
-    scale_factor: None = compute 1 / std(z) from the first training batch (the paper's rescaling); a number
-        fixes it (Stable Diffusion hard-codes 0.18215; the pixel-space model uses 1.0, like DDPM on [-1, 1]).
-    world: the shapes preset the model is meant to be trained on (the training CLI reads it; "single32" for the
-        class-conditional model, whose labels exist only for single-object samples).
-    """
-
-    first_stage: str = "tiny-kl-f4"
-    unet: str = "tiny"
-    unet_overrides: dict[str, Any] = field(default_factory=dict)
-    conditioner: str | None = None
-    conditioner_kwargs: dict[str, Any] = field(default_factory=dict)
-    diffusion: DiffusionConfig | str = "ldm"
-    cond_drop_prob: float = 0.1
-    image_size: int = 32
-    scale_factor: float | None = None
-    world: str = "shapes32"
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= float(self.cond_drop_prob) <= 1.0:
-            raise ValueError(
-                f"cond_drop_prob must be a probability in [0, 1], got {self.cond_drop_prob}. The paper-style value "
-                "for classifier-free guidance is 0.1; use 0 to train without condition dropout."
-            )
-        if not isinstance(self.image_size, int) or self.image_size < 1:
-            raise ValueError(
-                f"image_size must be a positive integer (the training resolution), got {self.image_size!r}."
-            )
-        if self.scale_factor is not None and not (math.isfinite(self.scale_factor) and self.scale_factor > 0):
-            raise ValueError(
-                f"scale_factor must be a positive number or None (= computed from data), got {self.scale_factor}."
-            )
-        derived = {"in_channels", "out_channels", "context_dim", "num_classes"} & set(self.unet_overrides)
-        if derived:
-            raise ValueError(
-                f"unet_overrides sets {sorted(derived)}, which LatentDiffusion derives from the first stage and the "
-                "conditioner (in = latent + concat channels, out = latent channels, context_dim and num_classes from "
-                "the conditioner). Remove them; change the first stage or the conditioner instead."
-            )
-
-    def diffusion_cfg(self) -> DiffusionConfig:
-        return diffusion_config(self.diffusion) if isinstance(self.diffusion, str) else self.diffusion
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-friendly dict (what a checkpoint stores); ``from_dict`` is the inverse."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "LatentDiffusionConfig":
-        d = dict(d)
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - fields)
-        if unknown:
-            raise _unknown_fields(unknown)
-        if isinstance(d.get("diffusion"), Mapping):
-            d["diffusion"] = DiffusionConfig(**d["diffusion"])
-        return cls(**d)
-
-
-def _unknown_fields(unknown: list[str]) -> ValueError:
-    fields = sorted(f.name for f in dataclasses.fields(LatentDiffusionConfig))
-    return ValueError(f"Unknown LatentDiffusionConfig field(s) {unknown}. Valid fields: {', '.join(fields)}.")
-
-
-_NUM_SHAPE_CLASSES = 40  # ldm_minimal.data.shapes.NUM_CLASSES: 5 shapes x 8 colours (checked in the tests)
-_NUM_SEMANTIC_LABELS = 6  # background + 5 shapes
-
-
-def _preset(**kw: Any) -> LatentDiffusionConfig:
-    return LatentDiffusionConfig(**kw)
-
-
-# The course's models at CPU size on shapes-32, each with the tiny UNet and the tiny KL f = 4 first stage
-# (8 x 8 x 3 latents). "shapes-sr": x4 super-resolution 8 x 8 -> 32 x 32; with f = 4 the low-resolution image
-# has exactly the latent size, so tau is the identity (the paper's LDM-SR).
-LDM_PRESETS: dict[str, LatentDiffusionConfig] = {
-    "shapes-t2i": _preset(
-        conditioner="text-joint",
-        conditioner_kwargs=dict(tokenizer_path="shapes", width=64, layers=2, heads=4, max_length=32),
-    ),
-    # text-to-image on the emoji world (Unicode names as captions), with the tokenizer trained on those names
-    "emoji-t2i": _preset(
-        conditioner="text-joint",
-        conditioner_kwargs=dict(tokenizer_path="emoji", width=64, layers=2, heads=4, max_length=32),
-        world="emoji",
-    ),
-    "shapes-t2i-minilm": _preset(
-        conditioner="text-frozen", conditioner_kwargs=dict(name_or_path="minilm", max_length=32)
-    ),
-    "shapes-class": _preset(
-        conditioner="class", conditioner_kwargs=dict(num_classes=_NUM_SHAPE_CLASSES), world="single32"
-    ),
-    "shapes-layout": _preset(
-        conditioner="layout", conditioner_kwargs=dict(num_classes=_NUM_SHAPE_CLASSES, width=64, max_objects=3)
-    ),
-    "shapes-semantic": _preset(conditioner="semantic", conditioner_kwargs=dict(num_labels=_NUM_SEMANTIC_LABELS)),
-    "shapes-sr": _preset(conditioner="lowres", conditioner_kwargs=dict(scale=4)),
-    "shapes-inpaint": _preset(conditioner="inpaint"),
-    "shapes-uncond": _preset(),
-    # the pixel-space DM (f = 1): the same code with the identity first stage, on [-1, 1] pixels like DDPM
-    "shapes-pixel": _preset(first_stage="identity", scale_factor=1.0),
-}
-
-
-def ldm_config(name: str, **overrides: Any) -> LatentDiffusionConfig:
-    """A copy of preset ``name`` (see ``LDM_PRESETS``) with fields replaced by ``overrides``."""
-    if name not in LDM_PRESETS:
-        raise unknown_name_error("latent diffusion preset", name, LDM_PRESETS)
-    fields = {f.name for f in dataclasses.fields(LatentDiffusionConfig)}
-    unknown = sorted(set(overrides) - fields)
-    if unknown:
-        raise _unknown_fields(unknown)
-    base = LDM_PRESETS[name]
-    # deep-copy the mutable dicts so that a caller never edits the preset table
-    copied = {k: dict(getattr(base, k)) for k in ("unet_overrides", "conditioner_kwargs")}
-    return dataclasses.replace(base, **{**copied, **overrides})
+__all__ = ["LatentDiffusion", "freeze"]
 
 
 # --------------------------------------------------------------------------------------------------------------
 # The first stage
 # --------------------------------------------------------------------------------------------------------------
-
-
-def build_first_stage(spec: str) -> nn.Module:
-    """An autoencoder preset name (random weights), ``"identity"`` (f = 1) or a checkpoint path -> first stage."""
-    if not isinstance(spec, str):
-        raise TypeError(
-            f"first_stage must be a preset name, 'identity' or a checkpoint path, got {type(spec).__name__}."
-        )
-    if spec == "identity":
-        return IdentityFirstStage(3)
-    if spec in AUTOENCODER_PRESETS:
-        return build_autoencoder(spec)
-    path = Path(spec)
-    if path.suffix == ".safetensors" or path.exists():
-        from ldm_minimal.checkpoint import load_autoencoder
-
-        model, _ = load_autoencoder(path)
-        return model
-    raise ValueError(
-        f"Unknown first stage {spec!r}: give 'identity', an autoencoder preset "
-        f"({', '.join(sorted(AUTOENCODER_PRESETS))}) or the path of a .safetensors autoencoder checkpoint "
-        "(train one with `python -m ldm_minimal train-ae`)."
-    )
 
 
 def _frozen_train(self: nn.Module, mode: bool = True) -> nn.Module:
@@ -250,13 +87,6 @@ def _batch_size_of(cond: Mapping[str, Any]) -> int | None:
         if isinstance(v, Tensor) and v.ndim >= 1:
             return int(v.shape[0])
     return None
-
-
-def _pair(size: int | tuple[int, int] | torch.Size) -> tuple[int, int]:
-    if isinstance(size, int):
-        return size, size
-    h, w = (int(s) for s in size)
-    return h, w
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -295,16 +125,10 @@ class LatentDiffusion(nn.Module):
         self.latent_channels: int = int(fs.latent_channels)
         self.image_channels: int = _image_channels(fs)
 
-        # ---- tau_theta
-        self.conditioner: nn.Module | None = None
+        # ---- tau_theta; what it needs to know about the first stage comes from it, unless given explicitly
+        self.conditioner: Conditioner | None = None
         if cfg.conditioner is not None:
-            from ldm_minimal.conditioning import build_conditioner
-
-            kwargs = dict(cfg.conditioner_kwargs)
-            # what the conditioner needs to know about the first stage and the data, unless given explicitly
-            if cfg.conditioner == "inpaint":
-                kwargs.setdefault("latent_channels", self.latent_channels)
-            self.conditioner = build_conditioner(cfg.conditioner, **kwargs)
+            self.conditioner = build_conditioner(cfg.conditioner, first_stage=fs, **cfg.conditioner_kwargs)
 
         # ---- epsilon_theta, with its in/out channels, context width and class count derived
         self.unet = UNet(self._unet_config())
@@ -378,7 +202,9 @@ class LatentDiffusion(nn.Module):
         }
 
     # ------------------------------------------------------------------ input checks
-    def _check_images(self, x: Tensor, name: str = "image") -> Tensor:
+    def prepare_images(self, x: Tensor, name: str = "image") -> Tensor:
+        """Check a batch of images for this model (channels, sides divisible by f * UNet downsampling; clear errors
+        naming the fix) and return it as float32 on the model's device."""
         check_images(x, channels=self.image_channels, multiple_of=self.f, name=name)
         h, w = x.shape[-2:]
         self._check_latent_size(h // self.f, w // self.f, what=f"{name} of size {h}x{w}")
@@ -404,7 +230,7 @@ class LatentDiffusion(nn.Module):
         The paper rescales the latents by their component-wise standard deviation so that z has unit variance
         and the noise schedule means the same thing for every first stage (the reference's ``scale_by_std``).
         """
-        x = self._check_images(images)
+        x = self.prepare_images(images)
         z = self.first_stage.encode_latent(x, sample=True, generator=generator).float()  # (B, C, h, w)
         if z.numel() < 2:
             raise ValueError("Need more than one latent value to estimate a standard deviation: pass a batch.")
@@ -422,7 +248,7 @@ class LatentDiffusion(nn.Module):
     @torch.no_grad()
     def encode(self, x: Tensor, sample: bool = True, generator: torch.Generator | None = None) -> Tensor:
         """Images (B, 3, H, W) in [-1, 1] -> scaled latents z = scale_factor * E(x): (B, C, H/f, W/f), float32."""
-        x = self._check_images(x)
+        x = self.prepare_images(x)
         z = self.first_stage.encode_latent(x, sample=sample, generator=generator).float()  # E(x): (B, C, h, w)
         # z = scale_factor * E(x)
         return self.scale_factor * z
@@ -450,6 +276,9 @@ class LatentDiffusion(nn.Module):
         at that size (a larger latent samples beyond the training resolution): semantic maps and low-resolution
         images are resampled by their conditioner, anything else (the inpainting latent and mask) is resized with
         nearest neighbours, which keeps masks binary. Layout boxes are normalised by the size of the image made.
+        The conditioner gets every ``ConditionInputs`` field and reads what it needs: the first stage (latent size
+        H / f; the inpainting conditioner encodes the masked image with it into the space of z, scaled by
+        ``scale_factor``), the latent size and the size in pixels of the image being made.
         """
         if self.conditioner is None:
             return {}
@@ -458,32 +287,25 @@ class LatentDiffusion(nn.Module):
                 f"The conditions must be a batch dict (e.g. {{'caption': [...]}} or {{'class_id': tensor}}), got "
                 f"{type(batch).__name__}."
             )
-        cond = self._call_conditioner(self._batch_to_device(batch), None if latent_size is None else _pair(latent_size))
+        size = None if latent_size is None else pair(latent_size)
+        batch = self._batch_to_device(batch)
+        cond = self.conditioner(
+            batch, first_stage=self.first_stage, scale_factor=self.scale_factor, latent_size=size,
+            image_size=self._image_size(batch, size),
+        )
         cond = {k: v.to(self.device) if isinstance(v, Tensor) else v for k, v in cond.items()}
-        if latent_size is not None and "concat" in cond:
-            cond["concat"] = self._resize_concat(cond["concat"], _pair(latent_size))
+        if size is not None and "concat" in cond:
+            cond["concat"] = self._resize_concat(cond["concat"], size)
         return cond
 
-    def _call_conditioner(self, batch: dict[str, Any], latent_size: tuple[int, int] | None) -> dict[str, Tensor]:
-        assert self.conditioner is not None
-        if self.cfg.conditioner == "layout":
-            # boxes are in pixels of the image being made: normalise by its size
-            if latent_size is not None:
-                size = (latent_size[0] * self.f, latent_size[1] * self.f)
-            elif isinstance(batch.get("image"), Tensor):
-                size = tuple(batch["image"].shape[-2:])
-            else:
-                size = (self.cfg.image_size, self.cfg.image_size)
-            return self.conditioner(batch, image_size=size)
-        if self.cfg.conditioner == "inpaint":
-            # the masked image's latent must live in the same (scaled) space as z
-            return self.conditioner(batch, first_stage=self.first_stage, scale_factor=float(self.scale_factor))
-        if self.conditioner.mode == "concat":
-            # at latent size H / f, or at the requested latent size (semantic: area, low-res image: bicubic)
-            if latent_size is not None:
-                return self.conditioner(batch, first_stage=self.first_stage, latent_size=latent_size)
-            return self.conditioner(batch, first_stage=self.first_stage)
-        return self.conditioner(batch)
+    def _image_size(self, batch: Mapping[str, Any], latent_size: tuple[int, int] | None) -> tuple[int, int]:
+        """The size (H, W) in pixels of the image being made: latent_size * f, else the batch's images, else the
+        training size."""
+        if latent_size is not None:
+            return latent_size[0] * self.f, latent_size[1] * self.f
+        if isinstance(batch.get("image"), Tensor):
+            return tuple(batch["image"].shape[-2:])
+        return self.cfg.image_size, self.cfg.image_size
 
     @staticmethod
     def _resize_concat(c: Tensor, size: tuple[int, int]) -> Tensor:
@@ -495,11 +317,9 @@ class LatentDiffusion(nn.Module):
         """The conditioner's null ("unconditional") condition for ``batch_size`` samples, shaped like ``like``."""
         if self.conditioner is None:
             return {}
-        if self.conditioner.mode == "concat":
-            size = tuple(like["concat"].shape[-2:]) if like is not None and "concat" in like else self.latent_size
-            null = dict(self.conditioner.null_condition(batch_size, self.device, latent_size=size))
-        else:
-            null = dict(self.conditioner.null_condition(batch_size, self.device))
+        # a concat condition's null has the latent size of ``like`` (or the training one); other modes ignore it
+        size = tuple(like["concat"].shape[-2:]) if like is not None and "concat" in like else self.latent_size
+        null = self.conditioner.null_condition(batch_size, self.device, latent_size=size)
         return {k: v.to(self.device) for k, v in null.items()}
 
     def drop_conditions(
@@ -514,22 +334,15 @@ class LatentDiffusion(nn.Module):
         p = self.cfg.cond_drop_prob if p is None else float(p)
         if self.conditioner is None or b is None:
             return dict(cond), torch.ones(b or 0, dtype=torch.bool, device=self.device)
-        gen_device = generator.device if generator is not None else torch.device("cpu")
-        keep = (torch.rand(b, generator=generator, device=gen_device) >= p).to(self.device)  # (B,) bool
+        keep = condition_keep_mask(b, p, generator, self.device)  # (B,) bool
         if p <= 0 or bool(keep.all()):
             return dict(cond), keep
         return dict(self.conditioner.drop(dict(cond), keep)), keep
 
     def _prepare_training_batch(self, batch: Mapping[str, Any], generator: torch.Generator | None) -> dict[str, Any]:
+        """The batch on the model's device, plus what the conditioner adds for training (inpainting: random holes)."""
         batch = self._batch_to_device(batch)
-        if self.cfg.conditioner == "inpaint" and batch.get("mask") is None:
-            # inpainting is trained on random holes (boxes and brush strokes), 1 = hole
-            from ldm_minimal.masks import random_inpainting_mask
-
-            x = batch["image"]
-            mask = random_inpainting_mask((x.shape[0], 1, x.shape[-2], x.shape[-1]), generator=generator)
-            batch["mask"] = mask.to(self.device, torch.float32)
-        return batch
+        return self.conditioner.training_batch(batch, generator) if self.conditioner is not None else batch
 
     # ------------------------------------------------------------------ epsilon_theta
     def model_fn(self, x: Tensor, t: Tensor, concat: Tensor | None = None, **cond: Any) -> Tensor:
@@ -559,8 +372,9 @@ class LatentDiffusion(nn.Module):
         """L_LDM (Eq. 2, Eq. 3 with a condition) on a batch dict with "image" (B, 3, H, W) in [-1, 1].
 
         Sets the scale factor from this batch if it is not set yet, encodes (a posterior sample for KL), builds the
-        condition, applies condition dropout, and returns (scalar loss, logs). All randomness (posterior sample,
-        dropout, mask for inpainting, t, eps) comes from ``generator`` when given, in that order.
+        condition, applies condition dropout, and returns (scalar loss, logs). All randomness comes from
+        ``generator`` when given, in this order: the conditioner's training draws (inpainting: the random hole),
+        the scale factor's posterior sample (first batch only), the posterior sample, dropout, t, eps.
         """
         if not isinstance(batch, Mapping) or "image" not in batch:
             raise ValueError(
@@ -613,7 +427,7 @@ class LatentDiffusion(nn.Module):
         if sampler not in SAMPLERS:
             raise unknown_name_error("sampler", sampler, SAMPLERS)
         # ---- conditions and batch size
-        size = None if latent_size is None else _pair(latent_size)
+        size = None if latent_size is None else pair(latent_size)
         if isinstance(batch_or_n, bool) or not isinstance(batch_or_n, (int, Mapping)):
             raise TypeError(
                 "sample() takes a batch of conditions (dict) or a number of samples (int), got "

@@ -1,8 +1,10 @@
 """Sampling from a trained latent diffusion model: DDPM, DDIM, classifier-free guidance, inpainting baseline.
 
 The paper samples its LDMs with DDIM (Song et al., 2021) using far fewer steps than the T = 1000 of training,
-conditions them with classifier-free guidance (Ho & Salimans, 2021; paper Sec. 4.3.1) and compares its
-inpainting LDM (Sec. 4.5) with simpler approaches; the training-free baseline here is the simplest one.
+conditions them with classifier-free guidance (Ho & Salimans, 2021; paper Sec. 4.3.1; the guided output
+eps_u + s (eps_c - eps_u) is ldm_minimal/guidance.py) and compares its inpainting LDM (Sec. 4.5) with simpler
+approaches; the training-free baseline here is the simplest one. ``SAMPLERS`` names the samplers and
+``check_sampling`` is the check of the settings a user picks (sampler, steps, eta).
 
 Conventions shared by both samplers
 - ``model_fn(x_t, t, **cond) -> eps_theta or v_theta`` with x_t: (B, C, h, w) and t: (B,) long on x's device.
@@ -32,24 +34,27 @@ Deliberate differences from the references (each is tested in tests/test_sampler
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 import torch
-from einops import rearrange
 from tqdm.auto import tqdm
 
 from ldm_minimal.diffusion import GaussianDiffusion
-from ldm_minimal.utils import min_max
+from ldm_minimal.guidance import check_guidance_scale, guided_model_output
+from ldm_minimal.utils import min_max, unknown_name_error
 
 __all__ = [
+    "SAMPLERS",
     "SampleResult",
+    "check_eta",
+    "check_sampling",
     "ddim_sample",
     "ddim_timesteps",
     "ddpm_sample",
-    "guided_model_output",
 ]
+
+SAMPLERS = ("ddim", "ddpm")  # the one list of sampler names
 
 ModelFn = Callable[..., torch.Tensor]
 Cond = Mapping[str, Any]
@@ -68,95 +73,23 @@ class SampleResult:
     timesteps: list[int] = field(default_factory=list)
 
 
-# ---------------------------------------------------------------------------------------------- guidance
-def _check_guidance_scale(guidance_scale: float) -> float:
-    if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)):
-        raise TypeError(f"guidance_scale must be a number >= 0, got {type(guidance_scale).__name__}.")
-    if not math.isfinite(guidance_scale) or guidance_scale < 0:
-        raise ValueError(
-            f"guidance_scale must be a finite number >= 0, got {guidance_scale}. Use 1.0 for the plain conditional "
-            "model, 0.0 for the unconditional one, and values > 1 (e.g. 3-7) for stronger guidance."
-        )
-    return float(guidance_scale)
+# ---------------------------------------------------------------------------------------------- sampling settings
+def check_sampling(sampler: str, steps: int, eta: float) -> None:
+    """The check of the sampling settings a user chooses (the CLI's --sampler, --steps and --eta; the pipelines).
 
-
-def _merge_conditions(uncond: Cond, cond: Cond, batch: int) -> dict[str, Any]:
-    """[uncond, cond] concatenated along dim 0, key by key. A batch-1 entry is broadcast to the batch."""
-    if set(uncond) != set(cond):
-        raise ValueError(
-            f"cond and uncond must have the same keys, got {sorted(cond)} and {sorted(uncond)}. Build the null "
-            "condition with the same entries (e.g. the empty-prompt context for 'context', the null class for 'y')."
-        )
-    merged: dict[str, Any] = {}
-    for key in cond:
-        u, c = uncond[key], cond[key]
-        if u is None and c is None:
-            merged[key] = None
-        elif isinstance(u, torch.Tensor) and isinstance(c, torch.Tensor):
-            parts = []
-            for which, v in (("uncond", u), ("cond", c)):
-                if v.ndim == 0:
-                    raise ValueError(f"{which}[{key!r}] is a 0-d tensor; conditions need a batch dimension (B, ...).")
-                if v.shape[0] == 1 and batch > 1:
-                    v = v.expand(batch, *v.shape[1:])
-                if v.shape[0] != batch:
-                    raise ValueError(
-                        f"{which}[{key!r}] has batch size {v.shape[0]} but x has {batch}. Give one condition per "
-                        "sample (or a batch of 1 to share it)."
-                    )
-                parts.append(v)
-            if parts[0].shape[1:] != parts[1].shape[1:]:
-                raise ValueError(
-                    f"uncond[{key!r}] has shape {tuple(u.shape)} but cond[{key!r}] has {tuple(c.shape)}; apart from "
-                    "the batch they must match (pad both token sequences to the same length)."
-                )
-            # (2B, ...) = [uncond; cond]
-            merged[key] = torch.cat([parts[0], parts[1].to(parts[0].dtype)], dim=0)
-        elif not isinstance(u, torch.Tensor) and not isinstance(c, torch.Tensor) and u == c:
-            merged[key] = c  # a shared non-tensor option, passed through
-        else:
-            raise ValueError(
-                f"cond[{key!r}] and uncond[{key!r}] must both be tensors (or both None / the same value), got "
-                f"{type(c).__name__} and {type(u).__name__}."
-            )
-    return merged
-
-
-def guided_model_output(
-    model_fn: ModelFn,
-    x: torch.Tensor,
-    t: torch.Tensor,
-    cond: Cond | None = None,
-    uncond: Cond | None = None,
-    guidance_scale: float = 1.0,
-) -> torch.Tensor:
-    """Classifier-free guidance (Ho & Salimans, 2021, Eq. 6; LDM paper Sec. 4.3.1).
-
-    eps~ = eps_theta(z_t, t, null) + s * (eps_theta(z_t, t, c) - eps_theta(z_t, t, null)); the same linear
-    combination is applied to v outputs. x: (B, C, h, w), t: (B,). Network calls:
-    s == 1 or uncond is None -> one conditional call; s == 0 -> one unconditional call; otherwise ONE batched
-    call on [uncond, cond] of batch 2B. Returns (B, C, h, w) in at least float32.
+    sampler: one of SAMPLERS. steps: a positive integer (DDIM's S; ``ddim_timesteps`` also checks S <= T against
+    the schedule; DDPM ignores it and walks all T steps). eta: a finite number >= 0; DDIM, whose sigma goes from
+    deterministic (0) to DDPM's posterior variance (1), takes eta <= 1 (``check_eta``, which ``ddim_sample`` applies
+    itself); DDPM ignores it. Raises a ValueError whose message names the fix.
     """
-    s = _check_guidance_scale(guidance_scale)
-    cond = dict(cond or {})
-    if uncond is None or s == 1.0:
-        if uncond is None and s != 1.0 and cond:
-            warnings.warn(
-                f"guidance_scale={s} has no effect because uncond is None: pass the null condition as uncond "
-                "to use classifier-free guidance.",
-                stacklevel=3,
-            )
-        return model_fn(x, t, **cond)
-    if s == 0.0:
-        return model_fn(x, t, **dict(uncond))
-    both = _merge_conditions(uncond, cond, x.shape[0])
-    # one network evaluation for both branches: (2B, C, h, w)
-    out = model_fn(torch.cat([x, x], dim=0), torch.cat([t, t], dim=0), **both)
-    if out.dtype in (torch.float16, torch.bfloat16):
-        out = out.float()
-    out_u, out_c = rearrange(out, "(two b) ... -> two b ...", two=2)
-    # eps~ = eps_u + s * (eps_c - eps_u)
-    return out_u + s * (out_c - out_u)
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive integer (DDIM: 25-50 is typical), got {steps!r}.")
+    if not (isinstance(eta, (int, float)) and math.isfinite(eta) and eta >= 0):
+        raise ValueError(f"eta must be a number >= 0 (0 = deterministic DDIM, 1 = DDPM-like noise), got {eta!r}.")
+    if sampler not in SAMPLERS:
+        raise unknown_name_error("sampler", sampler, SAMPLERS)
+    if sampler == "ddim":
+        check_eta(eta)
 
 
 # ---------------------------------------------------------------------------------------------- shared set-up
@@ -270,7 +203,7 @@ def ddpm_sample(
     the final z0_hat. Agrees with diffusers' DDPMScheduler(variance_type="fixed_small", clip_sample=False) on the
     same schedule, model and noise (tests/test_samplers.py).
     """
-    _check_guidance_scale(guidance_scale)
+    check_guidance_scale(guidance_scale)
     device = _resolve_device(device, x_T, cond, inpaint, diffusion)
     x = _initial_noise(shape, x_T, generator, device)
     T = diffusion.T
@@ -332,7 +265,8 @@ def ddim_timesteps(T: int, steps: int) -> list[int]:
     return [i * c + offset for i in range(steps)]
 
 
-def _check_eta(eta: float) -> float:
+def check_eta(eta: float) -> float:
+    """DDIM's eta as a float in [0, 1]: 0 = deterministic, 1 = DDPM's posterior variance (TypeError / ValueError)."""
     if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not math.isfinite(eta):
         raise TypeError(f"eta must be a number in [0, 1], got {eta!r}.")
     if not 0.0 <= eta <= 1.0:
@@ -375,8 +309,8 @@ def ddim_sample(
     scheduler but steps_offset=0 for S = T (where steps_offset=1 crashes in diffusers).
     With clip_x0, z0_hat is clamped but eps is kept as predicted (diffusers' default behaviour).
     """
-    _check_guidance_scale(guidance_scale)
-    eta = _check_eta(eta)
+    check_guidance_scale(guidance_scale)
+    eta = check_eta(eta)
     ts = ddim_timesteps(diffusion.T, steps)  # ascending
     device = _resolve_device(device, x_T, cond, inpaint, diffusion)
     x = _initial_noise(shape, x_T, generator, device)

@@ -1,4 +1,4 @@
-"""Small shared helpers: device choice, mixed precision, input checks and image grids.
+"""Small shared helpers: device choice, mixed precision and input checks.
 
 Nothing here is specific to one paper concept; every module may import it.
 """
@@ -123,37 +123,6 @@ def check_images(
 def unknown_name_error(kind: str, name: str, valid: Sequence[str]) -> ValueError:
     """A ValueError for an unknown world/preset/option name that lists the valid ones."""
     return ValueError(f"Unknown {kind} {name!r}. Valid {kind}s: {', '.join(sorted(valid))}.")
-
-
-def to_uint8(x: torch.Tensor) -> np.ndarray:
-    """(B, C, H, W) in [-1, 1] -> (B, H, W, C) uint8 in [0, 255]."""
-    x = ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return x.permute(0, 2, 3, 1).cpu().numpy()
-
-
-def image_grid(x: torch.Tensor, nrow: int = 8, pad: int = 2, pad_value: float = 1.0) -> np.ndarray:
-    """Tile a batch (B, C, H, W) in [-1, 1] into one (H', W', C) uint8 picture (like torchvision's make_grid)."""
-    b, c, h, w = x.shape
-    ncol = min(nrow, b)
-    nrows = (b + ncol - 1) // ncol
-    canvas = torch.full((c, nrows * (h + pad) + pad, ncol * (w + pad) + pad), pad_value, dtype=torch.float32)
-    for i in range(b):
-        r, col = divmod(i, ncol)
-        top, left = pad + r * (h + pad), pad + col * (w + pad)
-        canvas[:, top : top + h, left : left + w] = x[i].detach().float().cpu()
-    return to_uint8(canvas[None])[0]
-
-
-def save_image(array: np.ndarray, path: str | Path) -> Path:
-    """Save an (H, W, C) uint8 array as PNG, creating parent folders. Returns the path."""
-    from PIL import Image
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if array.ndim == 3 and array.shape[2] == 1:
-        array = array[..., 0]
-    Image.fromarray(array).save(path)
-    return path
 
 
 @contextlib.contextmanager

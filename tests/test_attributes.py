@@ -15,9 +15,7 @@ from ldm_minimal.evaluation.attributes import (
     AttributeClassifier,
     attribute_accuracy,
     attribute_classifier_config,
-    augment_batch,
     evaluate_attribute_classifier,
-    gaussian_blur,
     load_attribute_classifier,
     main,
     predict,
@@ -27,6 +25,7 @@ from ldm_minimal.evaluation.attributes import (
     targets_from_objects,
 )
 from ldm_minimal.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
+from ldm_minimal.evaluation.augment import augment_batch, gaussian_blur
 from ldm_minimal.data import ShapesDataset, collate, shapes_preset
 from ldm_minimal.utils import count_parameters
 

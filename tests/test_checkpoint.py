@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from ldm_minimal.autoencoder import build_autoencoder, autoencoder_config
-from ldm_minimal.checkpoint import CheckpointError, load_autoencoder, read_checkpoint, save_checkpoint
+from ldm_minimal.autoencoder import load_autoencoder
+from ldm_minimal.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 
 
 def test_round_trip_rebuilds_the_same_model(tmp_path):

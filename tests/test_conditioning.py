@@ -14,21 +14,20 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 from ldm_minimal import masks  # noqa: E402
-from ldm_minimal.conditioning import (  # noqa: E402
-    CONDITIONERS,
+from ldm_minimal.conditioning import CONDITIONERS, build_conditioner  # noqa: E402
+from ldm_minimal.conditioning.classes import ClassConditioner  # noqa: E402
+from ldm_minimal.conditioning.images import InpaintConditioner  # noqa: E402
+from ldm_minimal.conditioning.spatial import SemanticConditioner  # noqa: E402
+from ldm_minimal.conditioning.text import (  # noqa: E402
     SPECIAL_TOKENS,
     TOKENIZER_DIR,
-    ClassConditioner,
     FrozenTextConditioner,
-    InpaintConditioner,
     JointTextConditioner,
-    SemanticConditioner,
-    build_conditioner,
-    condition_keep_mask,
     load_caption_tokenizer,
     train_caption_tokenizer,
     world_captions,
 )
+from ldm_minimal.guidance import condition_keep_mask  # noqa: E402
 from ldm_minimal.data.shapes import (  # noqa: E402
     COLOUR_NAMES,
     NUM_CLASSES,

@@ -16,15 +16,16 @@ from PIL import Image
 
 from ldm_minimal.cli import main as cli
 from ldm_minimal.evaluation.attributes import AttributeClassifier, render_single
-from ldm_minimal.checkpoint import MANIFEST_NAME, save_ldm
-from ldm_minimal.evaluation.evaluate import EvaluationError, FeatureNetworkUnavailable, evaluate
-from ldm_minimal.generate import GenerationError
-from ldm_minimal.utils import DATA_DIR, to_uint8
+from ldm_minimal.checkpoint import MANIFEST_NAME
+from ldm_minimal.latent_diffusion_io import save_ldm
+from ldm_minimal.evaluation.evaluate import EvaluationError, FeatureNetworkUnavailable, evaluate, load_feature_classifier
+from ldm_minimal.pipelines import GenerationError
+from ldm_minimal.image_io import to_uint8
+from ldm_minimal.utils import DATA_DIR
 from ldm_minimal.evaluation.world_classifier import (
     WorldClassifier,
     default_checkpoint,
     evaluate_world_classifier,
-    load_feature_classifier,
     load_world_classifier,
     world_images,
 )

@@ -34,7 +34,7 @@ def test_held_out_pairs_never_appear_and_other_pictures_are_unchanged():
 
 def test_the_held_out_world_trains_at_32_and_its_substitute_colour_is_allowed():
     from ldm_minimal.experiments.text_encoder import prompt_sets, substitute
-    from ldm_minimal.training.trainer import resolve_world, train_config
+    from ldm_minimal.training import resolve_world, train_config
 
     assert resolve_world(train_config("cpu", "ldm", world="single32-heldout")) == ("single32-heldout", 32)
     sets = prompt_sets(6)

@@ -15,19 +15,14 @@ import pytest
 import torch
 from PIL import Image
 
-from ldm_minimal import generate
-from ldm_minimal.checkpoint import save_ldm, sha256_of
+from ldm_minimal import checkpoint
+from ldm_minimal.checkpoint import sha256_of
+from ldm_minimal.cli.demo import run_demo
+from ldm_minimal.cli.generate import add_generation_commands
 from ldm_minimal.data.shapes import ShapesConfig, render_sample
-from ldm_minimal.generate import (
-    GenerationError,
-    add_generation_commands,
-    caption_box,
-    layout_objects,
-    load_image,
-    load_mask,
-    run_demo,
-    text_to_image,
-)
+from ldm_minimal.image_io import load_image, load_mask
+from ldm_minimal.latent_diffusion_io import load_ldm, save_ldm
+from ldm_minimal.pipelines import GenerationError, caption_box, layout_objects, text_to_image
 from test_latent_diffusion import micro
 
 PROMPTS = ["a large red circle in the center", "a small blue star at the top left"]
@@ -136,7 +131,7 @@ def test_bad_size_is_a_clear_error(parser, ckpts, tmp_path):
     with pytest.raises(SystemExit, match=r"size=30 .*multiple of f \* UNet downsampling = 4 \* 2 = 8 \(e.g. 24"):
         run(parser, "sample", "--checkpoint", ckpts["t2i"], "--prompt", PROMPTS[0], "--size", "30",
             "--out", tmp_path / "x")
-    ldm, _ = generate.load_ldm(ckpts["t2i"])
+    ldm, _ = load_ldm(ckpts["t2i"])
     with pytest.raises(GenerationError, match="multiple of"):
         text_to_image(ldm, PROMPTS, size=36, steps=1)
     # a valid larger size works: the UNet is convolutional
@@ -145,7 +140,7 @@ def test_bad_size_is_a_clear_error(parser, ckpts, tmp_path):
 
 
 def test_missing_shipped_checkpoint_says_which_file(parser, tmp_path, monkeypatch):
-    monkeypatch.setattr(generate, "CHECKPOINT_DIR", tmp_path / "empty")
+    monkeypatch.setattr(checkpoint, "CHECKPOINT_DIR", tmp_path / "empty")
     with pytest.raises(SystemExit, match="shipped 't2i' checkpoint is missing: .*shapes32-t2i.safetensors.*--checkpoint"):
         run(parser, "sample", "--prompt", PROMPTS[0], "--out", tmp_path / "x")
     with pytest.raises(SystemExit, match="shapes32-sr.safetensors"):

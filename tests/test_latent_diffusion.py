@@ -17,7 +17,8 @@ from ldm_minimal.autoencoder import build_autoencoder
 from ldm_minimal.data.shapes import NUM_CLASSES, SHAPES, shapes_preset
 from ldm_minimal.data.torch_datasets import ShapesDataset, collate
 from ldm_minimal.diffusion import DiffusionConfig
-from ldm_minimal.latent_diffusion import LDM_PRESETS, LatentDiffusion, LatentDiffusionConfig, ldm_config
+from ldm_minimal.latent_diffusion import LatentDiffusion
+from ldm_minimal.latent_diffusion_config import LDM_PRESETS, LatentDiffusionConfig, ldm_config
 
 MICRO_UNET = dict(model_channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_factors=(2,), dim_head=16,
                   norm_groups=4)

@@ -41,8 +41,8 @@ def test_reconstruction_metrics_accumulate():
 
 def test_autoencoder_training_loop_learns_and_writes_a_run(tmp_path):
     from ldm_minimal.autoencoder import build_autoencoder
-    from ldm_minimal.checkpoint import load_autoencoder
-    from ldm_minimal.training.autoencoder_loop import AETrainConfig, evaluate_autoencoder, make_batches, train_autoencoder
+    from ldm_minimal.autoencoder import load_autoencoder
+    from ldm_minimal.training import AETrainConfig, evaluate_autoencoder, make_batches, train_autoencoder
 
     cfg = AETrainConfig(model="tiny-vq-f4", model_overrides={"ch": 16, "n_embed": 64}, steps=40, batch_size=8,
                         lr=2e-3, perceptual="none", disc_start=30, log_every=10)

@@ -18,13 +18,13 @@ import torch
 import torch.nn.functional as F
 
 from ldm_minimal.diffusion import DiffusionConfig, GaussianDiffusion
+from ldm_minimal.guidance import guided_model_output
 from ldm_minimal.samplers import (
     SampleResult,
     _randn,
     ddim_sample,
     ddim_timesteps,
     ddpm_sample,
-    guided_model_output,
 )
 
 SHAPE = (2, 4, 8, 8)

@@ -7,7 +7,8 @@ import json
 import pytest
 import torch
 
-from ldm_minimal.checkpoint import MANIFEST_NAME, load_autoencoder, read_checkpoint, sha256_of
+from ldm_minimal.autoencoder import load_autoencoder
+from ldm_minimal.checkpoint import MANIFEST_NAME, read_checkpoint, sha256_of
 from ldm_minimal.utils import DATA_DIR
 
 CKPT_DIR = DATA_DIR / "checkpoints"
@@ -38,7 +39,7 @@ def test_shipped_checkpoint_hash_and_provenance(name):
 def test_shipped_autoencoder_reconstructs_held_out_shapes(name):
     from ldm_minimal.data import ShapesConfig, ShapesDataset, collate
     from ldm_minimal.evaluation.metrics import psnr
-    from ldm_minimal.training.autoencoder_loop import reconstruct
+    from ldm_minimal.training import reconstruct
 
     model, _ = load_autoencoder(CKPT_DIR / name)
     ds = ShapesDataset(ShapesConfig(resolution=32, seed=10_000), length=32)
@@ -51,7 +52,7 @@ def test_shipped_autoencoder_reconstructs_held_out_shapes(name):
 
 @pytest.mark.parametrize("name", sorted(n for n, e in MANIFEST.items() if e.get("kind") == "ldm"))
 def test_shipped_latent_diffusion_model_loads_and_samples(name):
-    from ldm_minimal.checkpoint import load_ldm
+    from ldm_minimal.latent_diffusion_io import load_ldm
     from ldm_minimal.data import ShapesDataset, collate, shapes_preset
 
     ldm, meta = load_ldm(CKPT_DIR / name)

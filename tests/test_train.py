@@ -12,8 +12,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ldm_minimal.checkpoint import CheckpointError, load_ldm, load_model, save_checkpoint, save_ldm
-from ldm_minimal.training.trainer import (
+from ldm_minimal.checkpoint import CheckpointError, save_checkpoint
+from ldm_minimal.latent_diffusion_io import load_ldm, load_model, save_ldm
+from ldm_minimal.training import (
     RunFolderError,
     Trainer,
     TrainingDiverged,

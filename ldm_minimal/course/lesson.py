@@ -33,7 +33,10 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from ldm_minimal.utils import REPO_ROOT, autocast, image_grid, seed_everything
+from ldm_minimal import __version__
+from ldm_minimal.image_io import image_grid
+from ldm_minimal.latent_diffusion_io import load_model
+from ldm_minimal.utils import REPO_ROOT, autocast, seed_everything
 
 MODES = ("FAST", "FULL")
 CHECKPOINTS = REPO_ROOT / "data" / "checkpoints"
@@ -117,8 +120,6 @@ def setup(title: str, seed: int = 0, mode: str | None = None, device: str | torc
 
     mpl.rcParams.update({"figure.dpi": 100, "axes.grid": False, "image.interpolation": "nearest"})
     lesson = Lesson(title=title, mode=mode, device=torch.device(device), seed=seed)
-    from ldm_minimal import __version__
-
     other = "FULL" if mode == "FAST" else "FAST"
     print(f"{title}\n  ldm_minimal {__version__} · torch {torch.__version__} · python {platform.python_version()}"
           f" · device {lesson.device} · {torch.get_num_threads()} CPU threads")
@@ -293,7 +294,5 @@ def shipped(name: str) -> Path:
 
 def load_shipped(name: str, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
     """Load a shipped autoencoder or latent diffusion model in eval mode: ``(model, metadata)``."""
-    from ldm_minimal.checkpoint import load_model
-
     model, meta = load_model(shipped(name), device=device)
     return model.eval(), meta

@@ -16,7 +16,8 @@ pictures (>= 99%), otherwise its errors would be charged to the diffusion model.
 D(E(x)) of the first stage is the ceiling any latent diffusion model on that autoencoder can reach (Sec. 3.1:
 the generator can only produce what D can draw).
 
-Architecture: three levels of [Conv3x3 - GroupNorm - SiLU] blocks (32 -> 16 -> 8 pixels), then
+Architecture: the shared trunk of ``ldm_minimal.evaluation.classifier``, three levels of [Conv3x3 - GroupNorm -
+SiLU] blocks (32 -> 16 -> 8 pixels), then
     shape, colour, size : global average + global max pooling -> Linear
     position            : adaptive average pooling to the 3x3 grid -> 1x1 conv, one logit per cell
 (~170k parameters). Training is plain supervised cross-entropy on single-object renders of the seed-0 world, with
@@ -41,27 +42,24 @@ Run ``python -m ldm_minimal.evaluation.attributes --steps 2000 --out runs/attrib
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
-import math
-import os
-import platform
-import shlex
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from einops import rearrange, repeat
+from einops import rearrange
 
-from ldm_minimal.checkpoint import CheckpointError, load_state_into, read_checkpoint, save_checkpoint
+from ldm_minimal.autoencoder import load_autoencoder
 from ldm_minimal.data.shapes import COLOUR_NAMES, POSITIONS, SHAPES, SIZES, parse_caption, render_sample, shapes_preset
 from ldm_minimal.data.torch_datasets import image_to_tensor
-from ldm_minimal.utils import DATA_DIR, check_images, count_parameters, unknown_name_error
+from ldm_minimal.evaluation.augment import augment_batch, blur_and_noise
+from ldm_minimal.evaluation.classifier import (ClassifierCommand, ClassifierConfig, ConvClassifier, batched_logits,
+                                               check_training_sizes, fit_classifier, load_classifier, model_device,
+                                               preset_config, save_classifier, seeded_model)
+from ldm_minimal.utils import DATA_DIR, unknown_name_error
 
 # The four attributes and their vocabularies, in the order of the world's own tuples (label i = VOCAB[attr][i]).
 ATTRIBUTES: tuple[str, ...] = ("shape", "colour", "size", "position")
@@ -79,41 +77,16 @@ TEST_SEED = 1_000_000  # = ldm_minimal.data.SHAPES_SPLITS["test"]: pictures neve
 
 
 @dataclass
-class AttributeClassifierConfig:
-    """A small CNN judge. ``widths`` are the channels of the three levels (resolution, /2, /4)."""
+class AttributeClassifierConfig(ClassifierConfig):
+    """A small CNN judge: ``ClassifierConfig``'s fields. ``widths`` are the channels of the three levels (resolution,
+    /2, /4); size is judged in pixels at ``resolution``; ``world`` is the shapes preset it is trained and evaluated
+    on (exactly one object per image)."""
 
     widths: tuple[int, ...] = (32, 48, 96)
-    blocks_per_level: int = 2  # conv blocks per level (the first block of levels > 0 has stride 2)
-    groups: int = 8  # GroupNorm groups (batch-independent, so a judge's answer never depends on its batch-mates)
-    resolution: int = 32  # the image side the classifier is trained for (size is judged in pixels)
-    world: str = "single32"  # the shapes preset it is trained and evaluated on (exactly one object per image)
+    world: str = "single32"
 
-    def __post_init__(self) -> None:
-        self.widths = tuple(int(w) for w in self.widths)
-        if not self.widths or any(w < 1 or w % self.groups for w in self.widths):
-            raise ValueError(
-                f"widths {self.widths} must be a non-empty list of channel counts divisible by groups={self.groups} "
-                "(GroupNorm); e.g. widths=(32, 48, 96)."
-            )
-        if self.blocks_per_level < 1:
-            raise ValueError(f"blocks_per_level must be >= 1, got {self.blocks_per_level}.")
-        down = 2 ** (len(self.widths) - 1)
-        if self.resolution % down or self.resolution // down < 3:
-            raise ValueError(
-                f"resolution={self.resolution} must be divisible by {down} (one halving per extra level) and leave at "
-                f"least a 3x3 feature map for the position grid; use 32 or 64, or fewer widths."
-            )
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> "AttributeClassifierConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise ValueError(f"Unknown AttributeClassifierConfig keys {unknown}; valid keys: {sorted(known)}.")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
+    MIN_GRID: ClassVar[int] = 3  # the position head pools the last level onto the 3 x 3 grid
+    MIN_GRID_USE: ClassVar[str] = "the position grid"
 
 
 ATTRIBUTE_CLASSIFIER_PRESETS: dict[str, AttributeClassifierConfig] = {
@@ -125,45 +98,29 @@ ATTRIBUTE_CLASSIFIER_PRESETS: dict[str, AttributeClassifierConfig] = {
 
 def attribute_classifier_config(name: str, **overrides) -> AttributeClassifierConfig:
     """A named preset ("shapes32", "shapes64", "tiny"), optionally with some fields replaced."""
-    if name not in ATTRIBUTE_CLASSIFIER_PRESETS:
-        raise unknown_name_error("attribute classifier preset", name, ATTRIBUTE_CLASSIFIER_PRESETS)
-    return dataclasses.replace(ATTRIBUTE_CLASSIFIER_PRESETS[name], **overrides)
+    return preset_config(ATTRIBUTE_CLASSIFIER_PRESETS, "attribute classifier preset", name, **overrides)
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # The model
 
 
-class ConvBlock(nn.Module):
-    """Conv3x3 (stride 1 or 2) -> GroupNorm -> SiLU."""
-
-    def __init__(self, c_in: int, c_out: int, stride: int, groups: int) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
-        self.norm = nn.GroupNorm(groups, c_out)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.silu(self.norm(self.conv(x)))
-
-
-class AttributeClassifier(nn.Module):
+class AttributeClassifier(ConvClassifier):
     """(B, 3, H, W) in [-1, 1] -> logits {"shape": (B, 5), "colour": (B, 8), "size": (B, 2), "position": (B, 9)}.
 
     A judge of samples in the spirit of the paper's Inception-based metrics (Sec. 4, App. E.3), but with labels we
     know: see the module docstring. Position logits are in the row-major order of ``POSITIONS``.
     """
 
+    CONFIG = AttributeClassifierConfig
+    CHECKPOINT_KIND = CHECKPOINT_KIND
+    SIZE_NOTE = " (it judges size in pixels)"
+    OTHER_RESOLUTION = "load a classifier trained at your resolution"
+    cfg: AttributeClassifierConfig
+
     def __init__(self, cfg: AttributeClassifierConfig | None = None) -> None:
-        super().__init__()
-        self.cfg = cfg = cfg or AttributeClassifierConfig()
-        layers: list[nn.Module] = []
-        c_prev = 3
-        for level, width in enumerate(cfg.widths):
-            for b in range(cfg.blocks_per_level):
-                layers.append(ConvBlock(c_prev, width, stride=2 if (level > 0 and b == 0) else 1, groups=cfg.groups))
-                c_prev = width
-        self.trunk = nn.Sequential(*layers)
-        c = cfg.widths[-1]
+        super().__init__(cfg)  # the trunk
+        c = self.cfg.widths[-1]
         # what: pooled over the whole picture (mean finds the colour mass, max finds the object's strongest response)
         self.shape_head = nn.Linear(2 * c, len(SHAPES))
         self.colour_head = nn.Linear(2 * c, len(COLOUR_NAMES))
@@ -171,37 +128,18 @@ class AttributeClassifier(nn.Module):
         # where: one score per grid cell from the features pooled over that cell
         self.position_head = nn.Conv2d(c, 1, kernel_size=1)
 
-    def _check_input(self, x: torch.Tensor) -> None:
-        check_images(x, channels=3, value_range=(-1.0, 1.0), name="images")
-        r = self.cfg.resolution
-        if x.shape[-2:] != (r, r):
-            raise ValueError(
-                f"images are {x.shape[-2]}x{x.shape[-1]} but this classifier was trained at {r}x{r} (it judges size "
-                f"in pixels). Resize first, e.g. F.interpolate(x, size=({r}, {r}), mode='area'), or load a classifier "
-                "trained at your resolution."
-            )
-
-    def _trunk(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        self._check_input(x)
-        h = self.trunk(x.to(self.trunk[0].conv.weight.dtype))  # (B, C, r/4, r/4)
-        pooled = torch.cat([h.mean(dim=(2, 3)), h.amax(dim=(2, 3))], dim=1)  # (B, 2C): mean and max over space
-        return h, pooled
-
-    @property
-    def num_features(self) -> int:
-        """Width of :meth:`features` (2C)."""
-        return 2 * self.cfg.widths[-1]
-
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Images (B, 3, r, r) in [-1, 1] -> the pooled trunk features the heads read, (B, 2C) float32.
 
-        The feature space of FID, KID and precision/recall on this world (``ldm_minimal.evaluation.metrics``), in place of
-        Inception's pool features, which cannot be downloaded offline.
+        The feature space of FID, KID and precision/recall on this world (``ldm_minimal.evaluation.metrics``), in
+        place of Inception's pool features, which cannot be downloaded offline.
         """
-        return self._trunk(x)[1].float()
+        self.check_input(x)
+        return self.trunk_features(x)[1].float()
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        h, pooled = self._trunk(x)
+        self.check_input(x)
+        h, pooled = self.trunk_features(x)  # (B, C, r/4, r/4), (B, 2C)
         cells = F.adaptive_avg_pool2d(h, 3)  # (B, C, 3, 3): one feature vector per grid cell
         return {
             "shape": self.shape_head(pooled),  # (B, 5)
@@ -251,7 +189,7 @@ def targets_from_captions(captions: Sequence[str]) -> dict[str, torch.Tensor]:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Data and augmentation
+# Data and training
 
 
 def render_single(
@@ -262,56 +200,6 @@ def render_single(
     samples = [render_sample(int(i), cfg) for i in indices]
     images = torch.stack([image_to_tensor(s.image) for s in samples])  # (B, 3, H, W)
     return images, [[o.as_dict() for o in s.objects] for s in samples]
-
-
-def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, radius: int = 2) -> torch.Tensor:
-    """Blur each image of x (B, C, H, W) with its own Gaussian of std sigma (B,) pixels (separable, edge-replicate)."""
-    b, c, _, _ = x.shape
-    offsets = torch.arange(-radius, radius + 1, device=x.device, dtype=torch.float32)  # (k,)
-    # G_sigma(d) = exp(-d^2 / (2 sigma^2)), normalised to sum 1 so flat regions (and colours) are unchanged
-    kernel = torch.exp(-(offsets[None] ** 2) / (2 * sigma.float()[:, None].clamp_min(1e-3) ** 2))  # (B, k)
-    kernel = kernel / kernel.sum(dim=1, keepdim=True)
-    kernel = repeat(kernel, "b k -> (b c) 1 k", c=c).to(x.dtype)  # one depthwise filter per (image, channel)
-    y = rearrange(x, "b c h w -> 1 (b c) h w")
-    y = F.conv2d(F.pad(y, (radius, radius, 0, 0), mode="replicate"), kernel[:, :, None, :], groups=b * c)  # along W
-    y = F.conv2d(F.pad(y, (0, 0, radius, radius), mode="replicate"), kernel[:, :, :, None], groups=b * c)  # along H
-    return rearrange(y, "1 (b c) h w -> b c h w", b=b)
-
-
-def augment_batch(
-    x: torch.Tensor,
-    generator: torch.Generator | None = None,
-    p_blur: float = 0.5,
-    max_sigma: float = 1.0,
-    p_noise: float = 0.5,
-    max_noise: float = 0.08,
-) -> torch.Tensor:
-    """Make real renders look a little like generated ones: mild blur and additive noise on part of the batch.
-
-    x: (B, 3, H, W) in [-1, 1]. Per image: with probability p_blur a Gaussian blur with sigma ~ U(0.3, max_sigma)
-    pixels; with probability p_noise Gaussian noise with std ~ U(0, max_noise) (in [-1, 1] units, 0.08 = 10 grey
-    levels). No hue/saturation/brightness change: the colour names must stay separable.
-    """
-    b = x.shape[0]
-
-    def rand(*shape: int) -> torch.Tensor:
-        return torch.rand(*shape, generator=generator).to(x.device)
-
-    blur = rand(b) < p_blur
-    if blur.any():
-        sigma = 0.3 + (max_sigma - 0.3) * rand(b)
-        x = torch.where(blur[:, None, None, None], gaussian_blur(x, sigma), x)
-    noisy = (rand(b) < p_noise).float() * max_noise * rand(b)  # (B,) std, 0 for clean images
-    eps = torch.randn(x.shape, generator=generator).to(x.device, x.dtype)
-    return (x + noisy[:, None, None, None].to(x.dtype) * eps).clamp(-1.0, 1.0)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Training
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
 
 
 def train_attribute_classifier(
@@ -327,19 +215,17 @@ def train_attribute_classifier(
     log_every: int = 50,
 ) -> tuple[AttributeClassifier, dict[str, Any]]:
     """Train the judge on single-object renders of world ``seed`` (fresh pictures every step: sample indices
-    step * batch_size ... never repeat). AdamW, linear warm-up then cosine decay, loss = sum of the four
-    cross-entropies. Returns (model in eval mode, logs {"step", "loss", "accuracy", "wall_time_s", ...})."""
-    if steps < 1 or batch_size < 1:
-        raise ValueError(f"steps and batch_size must be >= 1, got steps={steps}, batch_size={batch_size}.")
+    step * batch_size ... never repeat), with ``augment_batch``'s blur and noise on part of each batch. AdamW, linear
+    warm-up then cosine decay (``fit_classifier``), loss = sum of the four cross-entropies. Returns (model in eval
+    mode, logs {"step", "loss", "accuracy", "wall_time_s", ...})."""
+    check_training_sizes(steps, batch_size)
     if seed == TEST_SEED:
         raise ValueError(
             f"seed={seed} is the held-out test world (TEST_SEED); train on another seed (default {TRAIN_SEED}) so that "
             "evaluation pictures are never seen in training."
         )
     cfg = attribute_classifier_config(cfg) if isinstance(cfg, str) else cfg
-    torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
-    model = AttributeClassifier(cfg).to(device).train()
+    model, gen = seeded_model(AttributeClassifier, cfg, seed, device)
 
     def batch(step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:  # fresh pictures every step
         x, objects = render_single(range(step * batch_size, (step + 1) * batch_size), seed, cfg.world)
@@ -360,87 +246,13 @@ def train_attribute_classifier(
     return model.eval(), logs
 
 
-def fit_classifier(
-    model: nn.Module,
-    batch: Callable[[int], tuple[torch.Tensor, Any]],
-    loss_and_accuracy: Callable[[Any, Any], tuple[torch.Tensor, torch.Tensor]],
-    steps: int,
-    lr: float,
-    weight_decay: float,
-    log_every: int = 50,
-    progress: str | None = None,
-) -> dict[str, Any]:
-    """The plain loop every classifier of the course trains with (the judge, ``world_classifier``).
-
-    ``batch(step) -> (x, y)`` supplies (and augments) each step's batch; ``loss_and_accuracy(model(x), y)`` gives
-    the loss and the batch accuracy. AdamW; linear warm-up over min(100, steps / 10) steps, then cosine decay to 2%
-    of lr. ``progress``: a tqdm label, or None for no bar. Returns logs {"step", "loss", "accuracy" (running means
-    over each log_every steps, on training batches), "wall_time_s", "steps"}.
-    """
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    warmup = max(1, min(100, steps // 10))
-
-    def lr_at(step: int) -> float:  # linear warm-up, then cosine to 2% of lr
-        if step < warmup:
-            return lr * (step + 1) / warmup
-        t = (step - warmup) / max(1, steps - warmup)
-        return lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * t)))
-
-    logs: dict[str, Any] = {"step": [], "loss": [], "accuracy": []}
-    t0 = time.time()
-    run_loss, run_acc, run_n = 0.0, 0.0, 0
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=steps, desc=progress, mininterval=2.0, file=sys.stderr)
-    model.train()
-    for step in range(steps):
-        x, y = batch(step)
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step)
-        loss, right = loss_and_accuracy(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        run_loss, run_acc, run_n = run_loss + float(loss.detach()), run_acc + float(right), run_n + 1
-        if (step + 1) % log_every == 0 or step + 1 == steps:
-            logs["step"].append(step + 1)
-            logs["loss"].append(run_loss / run_n)
-            logs["accuracy"].append(run_acc / run_n)
-            if bar is not None:
-                bar.set_postfix(loss=f"{run_loss / run_n:.4f}", acc=f"{run_acc / run_n:.3f}")
-            run_loss, run_acc, run_n = 0.0, 0.0, 0
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
-    logs["wall_time_s"] = time.time() - t0
-    logs["steps"] = steps
-    return logs
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Judging
 
 
-@torch.no_grad()
 def logits_of(model: AttributeClassifier, images: torch.Tensor, batch_size: int = 500) -> dict[str, torch.Tensor]:
     """Float32 logits for any number of images, in chunks, on the model's device (outputs on the CPU)."""
-    check_images(images, channels=3, value_range=(-1.0, 1.0), name="images", tol=0.5)
-    was_training = model.training
-    model.eval()
-    device = _model_device(model)
-    out: dict[str, list[torch.Tensor]] = {a: [] for a in ATTRIBUTES}
-    try:
-        for i in range(0, images.shape[0], batch_size):
-            # generated images overshoot [-1, 1] a little; clip them the way saving them as PNGs would
-            chunk = images[i : i + batch_size].to(device).float().clamp(-1.0, 1.0)
-            for a, v in model(chunk).items():
-                out[a].append(v.float().cpu())
-    finally:
-        model.train(was_training)
-    return {a: torch.cat(v) for a, v in out.items()}
+    return batched_logits(model, images, batch_size)
 
 
 def predict(model: AttributeClassifier, images: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -495,7 +307,7 @@ def evaluate_attribute_classifier(
     for i in range(0, n, batch_size):
         x, objects = render_single(range(i, min(n, i + batch_size)), seed, model.cfg.world)
         if transform is not None:
-            x = transform(x.to(_model_device(model))).float().clamp(-1.0, 1.0)
+            x = transform(x.to(model_device(model))).float().clamp(-1.0, 1.0)
         p, t = predict(model, x), _targets_from_dicts(objects, "item")
         for a in ATTRIBUTES:
             preds[a].append(p[a])
@@ -511,17 +323,10 @@ def evaluate_attribute_classifier(
 # Checkpoints
 
 
-def save_attribute_classifier(
-    path: str | Path,
-    model: AttributeClassifier,
-    info: dict[str, Any] | None = None,
-    dtype: torch.dtype | None = None,
-    overwrite: bool = False,
-) -> Path:
+def save_attribute_classifier(path: str | Path, model: AttributeClassifier, info: dict[str, Any] | None = None,
+                              dtype: torch.dtype | None = None, overwrite: bool = False) -> Path:
     """Save weights + config (kind "attribute-classifier"); refuses to replace a file unless overwrite=True."""
-    return save_checkpoint(
-        path, model, kind=CHECKPOINT_KIND, config=model.cfg, info=info, dtype=dtype, overwrite=overwrite
-    )
+    return save_classifier(path, model, info=info, dtype=dtype, overwrite=overwrite)
 
 
 def load_attribute_classifier(
@@ -532,132 +337,78 @@ def load_attribute_classifier(
     Returns the model in float32 and eval mode; the file's metadata is kept as ``model.checkpoint_meta``.
     """
     path = Path(path) if path is not None else DEFAULT_CHECKPOINT
-    state, meta = read_checkpoint(path)
-    if meta.get("kind") != CHECKPOINT_KIND:
-        raise CheckpointError(
-            f"Checkpoint {path} holds a {meta.get('kind')!r}, not an {CHECKPOINT_KIND!r}. Pass the attribute "
-            f"classifier's file (default {DEFAULT_CHECKPOINT.name}); load autoencoders with load_autoencoder()."
-        )
-    try:
-        cfg = AttributeClassifierConfig.from_dict(meta["config"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"Checkpoint {path} has a config this version cannot build ({e}).") from e
-    model = AttributeClassifier(cfg)
-    load_state_into(model, state, path)
-    model.checkpoint_meta = meta
-    return model.to(device).eval()
+    hint = (f"Pass the attribute classifier's file (default {DEFAULT_CHECKPOINT.name}); load autoencoders with "
+            "load_autoencoder().")  # fmt: skip
+    return load_classifier(path, AttributeClassifier, hint, device)
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Command line
+# Command line: python -m ldm_minimal.evaluation.attributes
 
 
-def _machine() -> str:
-    return f"{platform.machine()} CPU, {os.cpu_count()} cores, {torch.get_num_threads()} torch thread" + (
-        "s" if torch.get_num_threads() != 1 else ""
-    )
+class AttributesCommand(ClassifierCommand):
+    """Train, evaluate (real held-out pictures and autoencoder reconstructions), write metrics.json, optionally ship."""
+
+    prog = "python -m ldm_minimal.evaluation.attributes"  # the judge's own parts of classifier.ClassifierCommand
+
+    def add_arguments(self, p: argparse.ArgumentParser) -> None:
+        p.add_argument("--steps", type=int, default=2000)
+        p.add_argument("--batch-size", type=int, default=64)
+        p.add_argument("--lr", type=float, default=2e-3)
+        p.add_argument("--seed", type=int, default=TRAIN_SEED, help="training world seed (evaluation uses TEST_SEED)")
+        p.add_argument("--preset", default="shapes32", choices=sorted(ATTRIBUTE_CLASSIFIER_PRESETS))
+        p.add_argument("--no-augment", action="store_true")
+        p.add_argument("--n-eval", type=int, default=2000, help="held-out pictures to evaluate on")
+        p.add_argument("--out", default="runs/attributes", help="run folder (metrics.json, last.safetensors)")
+        p.add_argument("--autoencoder", default=str(AUTOENCODER_CHECKPOINT),
+                       help="first stage for the reconstruction check ('' to skip)")
+        p.add_argument("--ship", action="store_true",
+                       help="save the classifier to --checkpoint and record it in MANIFEST.json")
+        p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT), help="where --ship writes the classifier")
+        p.add_argument("--overwrite", action="store_true", help="let --ship replace an existing checkpoint")
+        p.add_argument("--no-progress", action="store_true")
+
+    def ship_path(self, args: argparse.Namespace) -> Path:
+        return Path(args.checkpoint)
+
+    def train(self, args: argparse.Namespace) -> tuple[AttributeClassifier, dict[str, Any]]:
+        return train_attribute_classifier(
+            steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed, augment=not args.no_augment,
+            progress=not args.no_progress, cfg=args.preset,
+        )  # fmt: skip
+
+    def load(self, path: Path) -> AttributeClassifier:
+        return load_attribute_classifier(path)
+
+    def quality(self, args: argparse.Namespace, judge: AttributeClassifier) -> dict[str, Any]:
+        """Real held-out pictures, the same degraded, and autoencoder reconstructions (unless --autoencoder '')."""
+        quality: dict[str, Any] = {"real": evaluate_attribute_classifier(judge, n=args.n_eval)}
+        # robustness: every held-out picture blurred (sigma 1 px, the augmentation's strongest) plus noise (std 0.05)
+        degrade = blur_and_noise(sigma=1.0, noise_std=0.05, seed=TEST_SEED)
+        quality["real_blur1_noise0.05"] = evaluate_attribute_classifier(judge, n=args.n_eval, transform=degrade)
+        if args.autoencoder:
+            ae, _ = load_autoencoder(args.autoencoder)
+
+            def reconstruct(x: torch.Tensor) -> torch.Tensor:  # x_hat = D(E(x)), the posterior mode
+                return ae.decode_latent(ae.encode_latent(x, sample=False))
+
+            quality["autoencoder_reconstructions"] = {
+                **evaluate_attribute_classifier(judge, n=args.n_eval, transform=reconstruct),
+                "autoencoder": Path(args.autoencoder).name,
+            }
+        return quality
+
+    def settings(self, args: argparse.Namespace) -> dict[str, Any]:
+        return {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "train_seed": args.seed,
+                "augment": not args.no_augment}
+
+    def manifest_extras(self, args: argparse.Namespace, model: AttributeClassifier) -> dict[str, Any]:
+        return {"train_seed": args.seed, "eval_seed": TEST_SEED}
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Train, evaluate (real held-out pictures and autoencoder reconstructions), write metrics.json, optionally ship."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    p = argparse.ArgumentParser(prog="python -m ldm_minimal.evaluation.attributes", description=main.__doc__)
-    p.add_argument("--steps", type=int, default=2000)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--seed", type=int, default=TRAIN_SEED, help="training world seed (evaluation uses TEST_SEED)")
-    p.add_argument("--preset", default="shapes32", choices=sorted(ATTRIBUTE_CLASSIFIER_PRESETS))
-    p.add_argument("--no-augment", action="store_true")
-    p.add_argument("--n-eval", type=int, default=2000, help="held-out pictures to evaluate on")
-    p.add_argument("--out", default="runs/attributes", help="run folder (metrics.json, last.safetensors)")
-    p.add_argument("--autoencoder", default=str(AUTOENCODER_CHECKPOINT),
-                   help="first stage for the reconstruction check ('' to skip)")
-    p.add_argument("--ship", action="store_true",
-                   help="save the classifier to --checkpoint and record it in MANIFEST.json")
-    p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT), help="where --ship writes the classifier")
-    p.add_argument("--overwrite", action="store_true", help="let --ship replace an existing checkpoint")
-    p.add_argument("--no-progress", action="store_true")
-    args = p.parse_args(argv)
-
-    torch.set_num_threads(1)  # the machine is shared; this model is small enough for one thread
-    ship_path = Path(args.checkpoint)
-    if args.ship and ship_path.exists() and not args.overwrite:  # fail before training, not after
-        raise SystemExit(f"{ship_path} already exists; pass --overwrite to replace it, or --checkpoint another path.")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-
-    model, logs = train_attribute_classifier(
-        steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed, augment=not args.no_augment,
-        progress=not args.no_progress, cfg=args.preset,
-    )  # fmt: skip
-    run_ckpt = save_attribute_classifier(out / "last.safetensors", model, dtype=torch.float16, overwrite=True)
-    # judge with the float16 weights we ship, read back from the file, so the figures describe the shipped model
-    judge = load_attribute_classifier(run_ckpt)
-    quality: dict[str, Any] = {"real": evaluate_attribute_classifier(judge, n=args.n_eval)}
-    # robustness: every held-out picture blurred (sigma 1 px, the augmentation's strongest) plus noise (std 0.05)
-    noise_gen = torch.Generator().manual_seed(TEST_SEED)
-
-    def degrade(x: torch.Tensor) -> torch.Tensor:
-        x = gaussian_blur(x, torch.full((x.shape[0],), 1.0))
-        return x + 0.05 * torch.randn(x.shape, generator=noise_gen).to(x.device, x.dtype)
-
-    quality["real_blur1_noise0.05"] = evaluate_attribute_classifier(judge, n=args.n_eval, transform=degrade)
-    if args.autoencoder:
-        from ldm_minimal.checkpoint import load_autoencoder
-
-        ae, _ = load_autoencoder(args.autoencoder)
-
-        def reconstruct(x: torch.Tensor) -> torch.Tensor:  # x_hat = D(E(x)), the posterior mode
-            return ae.decode_latent(ae.encode_latent(x, sample=False))
-
-        quality["autoencoder_reconstructions"] = {
-            **evaluate_attribute_classifier(judge, n=args.n_eval, transform=reconstruct),
-            "autoencoder": Path(args.autoencoder).name,
-        }
-    command = "python -m ldm_minimal.evaluation.attributes " + " ".join(shlex.quote(a) for a in argv)
-    metrics = {
-        "command": command,
-        "steps": args.steps,
-        "batch_size": args.batch_size,
-        "lr": args.lr,
-        "train_seed": args.seed,
-        "augment": not args.no_augment,
-        "parameters": count_parameters(model),
-        "wall_time_s": round(logs["wall_time_s"], 1),
-        "machine": _machine(),
-        "quality": quality,
-        "train_log": {k: logs[k] for k in ("step", "loss", "accuracy")},
-        "config": model.cfg.to_dict(),
-    }
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    print(json.dumps({k: metrics[k] for k in ("wall_time_s", "parameters", "quality")}, indent=2))
-    if args.ship:
-        from ldm_minimal.checkpoint import update_manifest
-
-        save_attribute_classifier(
-            ship_path, model, info={"quality": quality}, dtype=torch.float16, overwrite=args.overwrite
-        )
-        update_manifest(
-            ship_path,
-            {
-                "command": command,
-                "steps": args.steps,
-                "batch_size": args.batch_size,
-                "lr": args.lr,
-                "wall_time_s": metrics["wall_time_s"],
-                "machine": metrics["machine"],
-                "kind": CHECKPOINT_KIND,
-                "preset": args.preset,
-                "dtype": "float16",
-                "parameters": metrics["parameters"],
-                "world": model.cfg.world,
-                "train_seed": args.seed,
-                "eval_seed": TEST_SEED,
-                "quality": quality,
-            },
-        )
-        print(f"shipped {ship_path} and recorded it in {ship_path.parent / 'MANIFEST.json'}")
-    return metrics
+    """``python -m ldm_minimal.evaluation.attributes [flags]`` (``AttributesCommand``); returns the metrics."""
+    return AttributesCommand().main(argv)
 
 
 if __name__ == "__main__":

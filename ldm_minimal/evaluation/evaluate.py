@@ -9,8 +9,8 @@ on real data (Rombach et al., CVPR 2022, Sec. 4 and App. E.3):
     recall     = share of real points inside the generated k-NN manifold         (is the data's variety covered?)
 
 (all computed by ``ldm_minimal.evaluation.metrics``). The feature network works offline: the world's own small classifier,
-trained on its real training pictures (``ldm_minimal.evaluation.world_classifier.load_feature_classifier``: the attribute judge
-for the shapes worlds, the emoji group classifier for emoji). ``classifier="inception"`` switches to the paper's
+trained on its real training pictures (``load_feature_classifier``: the attribute judge for the shapes worlds, the
+emoji group classifier for emoji). ``classifier="inception"`` switches to the paper's
 Inception-v3 features for users online (torch-fidelity; a clear error otherwise).
 
 What is compared
@@ -30,33 +30,45 @@ accuracy next to its accuracy on the real reference pictures (its ceiling).
         --seed 0 --out results.json
 
 Read docs/evaluation.md before comparing numbers: FID depends on n (compare only at equal n), and none of these
-figures is comparable with the paper's Inception-based ones.
+figures is comparable with the paper's Inception-based ones. The command line itself (argparse, writing the JSON) is
+``ldm_minimal.cli.evaluate``.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import platform
-import sys
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 import torch.nn as nn
 
+from ldm_minimal.training.data import fixed_batch
+from ldm_minimal.checkpoint import SHIPPED, resolve_checkpoint
+from ldm_minimal.conditioning import TEXT_CONDITIONERS
+from ldm_minimal.pipelines import GenerationError, class_to_image, sample_conditions, text_to_image, unconditional_samples
+from ldm_minimal.checkpoint import read_metadata, sha256_of
+from ldm_minimal.latent_diffusion_io import load_ldm
+from ldm_minimal.data.shapes import COLOURS, parse_caption
+from ldm_minimal.evaluation.attributes import DEFAULT_CHECKPOINT, attribute_accuracy, load_attribute_classifier, predict
+from ldm_minimal.evaluation.classifier import machine_description
+from ldm_minimal.evaluation.metrics import INCEPTION, fid, kid, precision_recall
+from ldm_minimal.evaluation.world_classifier import (
+    DEFAULT_CHECKPOINTS,
+    classifier_logits,
+    default_checkpoint,
+    load_world_classifier,
+)
 from ldm_minimal.utils import default_device, unknown_name_error
-from ldm_minimal.evaluation.world_classifier import FEATURE_WORLDS, SHAPES_FEATURE_WORLDS, load_feature_classifier
 
+SHAPES_FEATURE_WORLDS = ("shapes32", "single32")  # served by the shapes attribute judge (trained at 32 x 32)
+FEATURE_WORLDS = (*SHAPES_FEATURE_WORLDS, *DEFAULT_CHECKPOINTS)  # every world with a shipped feature network
 EVAL_WORLDS = FEATURE_WORLDS  # ("shapes32", "single32", "emoji"): the worlds with an offline feature network
 RESOLUTION = 32  # the feature networks were trained at 32 x 32
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-INCEPTION = "inception"  # = ldm_minimal.evaluation.metrics.INCEPTION (imported lazily: torchmetrics is slow to import)
 FEATURE_CHOICES = ("world", INCEPTION)
 CONCAT_CONDITIONERS = {"lowres": "sr", "inpaint": "inpaint"}  # -> shipped_quality --kind
-TEXT_CONDITIONERS = ("text-joint", "text-frozen")
 KID_SUBSETS = 50
 PR_K = 3  # neighbours that define each set's manifold (Kynkaanniemi et al. 2019 use k = 3)
 
@@ -67,6 +79,28 @@ class EvaluationError(ValueError):
 
 class FeatureNetworkUnavailable(RuntimeError):
     """The Inception features were asked for but cannot be loaded here (no torch-fidelity, or offline)."""
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The feature networks
+
+
+def load_feature_classifier(world: str, device: torch.device | str = "cpu") -> nn.Module:
+    """The shipped feature network of a world, with ``features(x) -> (B, D)`` and ``num_features``.
+
+    "shapes32", "single32" -> the shapes attribute judge (data/checkpoints/shapes32-attributes.safetensors);
+    "emoji" -> the emoji group classifier (data/checkpoints/emoji32-features.safetensors). The model gets a
+    ``feature_name`` attribute (the file it came from) for reports.
+    """
+    if world in SHAPES_FEATURE_WORLDS:
+        model: nn.Module = load_attribute_classifier(device=device)
+        model.feature_name = f"{DEFAULT_CHECKPOINT.name} (shapes attribute judge, D={model.num_features})"
+        return model
+    if world in DEFAULT_CHECKPOINTS:
+        model = load_world_classifier(default_checkpoint(world), device=device)
+        model.feature_name = f"{DEFAULT_CHECKPOINTS[world]} ({world} {model.cfg.label} classifier, D={model.num_features})"
+        return model
+    raise unknown_name_error("world with a feature network", world, FEATURE_WORLDS)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -84,8 +118,6 @@ def reference_set(world: str, n: int) -> dict[str, Any]:
     Returns {"image": (m, 3, 32, 32) in [-1, 1], "caption": [m], "class_id": (m,), ...}; shapes worlds add
     "objects" (JSON) and "semantic" (m, 32, 32). m = n, except for emoji, whose test split holds 192 pictures.
     """
-    from ldm_minimal.training.trainer import fixed_batch
-
     _check_world(world)
     return fixed_batch(world, RESOLUTION, n)  # the test split: shapes seed + 1,000,000, emoji every 10th emoji
 
@@ -95,8 +127,7 @@ def load_image_folder(folder: str | Path, n: int, resolution: int = RESOLUTION) 
 
     Transparent pictures are composited onto white (as the emoji world does); grey ones become RGB.
     """
-    import numpy as np
-    from PIL import Image
+    from PIL import Image  # optional: only reading a folder of pictures needs it
 
     folder = Path(folder)
     if not folder.is_dir():
@@ -138,8 +169,6 @@ def _cycle(values: Sequence[Any], n: int) -> list[Any]:
 
 def _conditions(ldm: nn.Module, ref: dict[str, Any], n: int, world: str) -> tuple[str, dict[str, Any] | None]:
     """(mode, per-sample conditions) for n samples, taken from the held-out pictures in order (cycled)."""
-    from ldm_minimal.generate import GenerationError
-
     cond = ldm.cfg.conditioner
     if cond in CONCAT_CONDITIONERS:
         raise GenerationError(
@@ -177,9 +206,6 @@ def sample_checkpoint(
 ) -> torch.Tensor:
     """n samples (n, 3, H, W) in [-1, 1] on the CPU, in chunks of ``batch``; chunk k draws its noise from the
     seed ``seed * 100_003 + k``, so a (seed, batch) pair always gives the same pictures."""
-    from ldm_minimal.generate import class_to_image, text_to_image, unconditional_samples
-    from ldm_minimal.generate import _sample  # the seeded, checked ldm.sample shared by the generation functions
-
     out = []
     for k, start in enumerate(range(0, n, batch)):
         stop = min(n, start + batch)
@@ -192,11 +218,11 @@ def sample_checkpoint(
         elif mode == "unconditional":
             x = unconditional_samples(ldm, stop - start, **common)
         elif mode == "layout":
-            x = _sample(ldm, {"objects": conditions["objects"][start:stop]}, guidance=guidance, size=None,
-                        n=stop - start, **common)
+            x = sample_conditions(ldm, {"objects": conditions["objects"][start:stop]}, guidance=guidance, size=None,
+                                  n=stop - start, **common)
         else:  # semantic label maps (B, H, W)
             maps = torch.stack(conditions["semantic"][start:stop])
-            x = _sample(ldm, {"semantic": maps}, guidance=guidance, size=None, n=stop - start, **common)
+            x = sample_conditions(ldm, {"semantic": maps}, guidance=guidance, size=None, n=stop - start, **common)
         out.append(x.float().cpu())
     return torch.cat(out)
 
@@ -208,7 +234,7 @@ def sample_checkpoint(
 def _inception_network() -> nn.Module:
     """torchmetrics' Inception-v3 (FID weights via torch-fidelity), or one clear error when it cannot be had."""
     try:
-        from torchmetrics.image.fid import FrechetInceptionDistance
+        from torchmetrics.image.fid import FrechetInceptionDistance  # heavy and optional (online Inception features)
 
         return FrechetInceptionDistance(feature=2048, normalize=True).inception
     except (ModuleNotFoundError, ImportError, OSError, RuntimeError) as e:
@@ -239,9 +265,6 @@ def _features(net: nn.Module, images: torch.Tensor, inception: bool, batch: int 
 
 def _attribute_scores(images: torch.Tensor, mode: str, conditions: dict[str, Any]) -> dict[str, Any] | None:
     """The shapes judge's reading of the samples against what was asked (text: single-object captions; class)."""
-    from ldm_minimal.evaluation.attributes import attribute_accuracy, load_attribute_classifier, predict
-    from ldm_minimal.data.shapes import COLOURS, parse_caption
-
     judge = load_attribute_classifier()
     if mode == "text":
         single = [i for i, c in enumerate(conditions["caption"]) if len(parse_caption(c)) == 1]
@@ -261,8 +284,6 @@ def _attribute_scores(images: torch.Tensor, mode: str, conditions: dict[str, Any
 
 def _group_scores(classifier: nn.Module, images: torch.Tensor, targets: list[int], ref: dict[str, Any]) -> dict:
     """The emoji classifier's top-1 agreement with the asked group, next to its accuracy on the real pictures."""
-    from ldm_minimal.evaluation.world_classifier import classifier_logits
-
     asked = torch.tensor(targets)
     samples = classifier_logits(classifier, images).argmax(1) == asked
     real = classifier_logits(classifier, ref["image"]).argmax(1) == ref["class_id"]
@@ -273,18 +294,8 @@ def _group_scores(classifier: nn.Module, images: torch.Tensor, targets: list[int
 # The evaluation
 
 
-def _machine(device: torch.device) -> str:
-    threads = torch.get_num_threads()
-    text = f"{platform.machine()} CPU, {os.cpu_count()} cores, {threads} torch thread" + ("s" if threads != 1 else "")
-    if device.type == "cuda":
-        text += f", {torch.cuda.get_device_name(device)}"
-    return text
-
-
 def _resolve_source(source: str | Path) -> tuple[str, Path]:
     """("images", folder) or ("checkpoint", file); shipped names ("t2i", "emoji", ...) are looked up."""
-    from ldm_minimal.generate import SHIPPED, resolve_checkpoint
-
     p = Path(source)
     if p.is_dir():
         return "images", p
@@ -323,8 +334,6 @@ def evaluate(
         with ``features(x in [-1, 1]) -> (B, D)`` and ``num_features``.
     Returns a JSON-friendly dict (see docs/evaluation.md for every key).
     """
-    from ldm_minimal.evaluation.metrics import fid, kid, precision_recall
-
     t_start = time.perf_counter()
     _check_world(world)
     if isinstance(n, bool) or not isinstance(n, int) or n < 2:
@@ -357,8 +366,6 @@ def evaluate(
         result["source"] = {"images": str(path), "first": names[0], "last": names[-1]}
         result.update(steps=None, guidance=None, sampler=None, eta=None)
     else:
-        from ldm_minimal.checkpoint import load_ldm, read_metadata, sha256_of
-
         if read_metadata(path).get("kind") != "ldm":
             raise EvaluationError(f"{path} holds a {read_metadata(path).get('kind')!r}, not a latent diffusion model. "
                                   "Pass a checkpoint written by save_ldm (a training run's model.safetensors).")
@@ -403,71 +410,5 @@ def evaluate(
         result["group_accuracy"] = _group_scores(world_net, fake, targets, ref)
     result["sampling_time_s"] = round(sampling_s, 2)
     result["wall_time_s"] = round(time.perf_counter() - t_start, 2)
-    result["machine"] = _machine(dev)
+    result["machine"] = machine_description(dev)
     return result
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Command line (registered on ``python -m ldm_minimal`` by ``add_eval_command``)
-
-
-def cmd_eval(args: argparse.Namespace) -> int:
-    """``python -m ldm_minimal eval``: evaluate, print the JSON, write it to --out (never over a file unless asked)."""
-    from ldm_minimal.checkpoint import atomic_write_bytes
-
-    out = Path(args.out)
-    if out.exists() and not args.overwrite:  # before the (possibly long) evaluation
-        raise FileExistsError(f"{out} already exists. Pass --overwrite to replace it, or choose another --out.")
-    if args.checkpoint is not None and Path(args.checkpoint).is_dir():
-        raise EvaluationError(f"--checkpoint {args.checkpoint} is a folder: use --images {args.checkpoint} for "
-                              "pictures, or give the model's .safetensors file.")
-    if args.images is not None and not Path(args.images).is_dir():
-        raise EvaluationError(f"--images {args.images} is not a folder. Give a folder of 32x32 PNG/JPG pictures, or "
-                              "--checkpoint for a model file.")
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    source = args.checkpoint if args.checkpoint is not None else args.images
-    try:
-        result = evaluate(source, args.world, n=args.n, seed=args.seed, steps=args.steps, guidance=args.guidance,
-                          sampler=args.sampler, classifier=None if args.features == "world" else args.features,
-                          batch=args.batch, eta=args.eta, device=args.device, progress=args.progress)
-    except FeatureNetworkUnavailable as e:  # one clear line, like the CLI's other user errors
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    import shlex
-
-    result["command"] = "python -m ldm_minimal " + shlex.join(getattr(args, "argv", None) or ["eval"])
-    text = json.dumps(result, indent=2)
-    print(text)
-    atomic_write_bytes(out, (text + "\n").encode())
-    return 0
-
-
-def add_eval_command(sub) -> None:
-    """Register ``eval`` on the subparsers of ``python -m ldm_minimal``."""
-    e = sub.add_parser(
-        "eval", help="FID, KID, precision/recall of a checkpoint's samples or a folder of pictures -> JSON",
-        description="Sample quality on a data world with an offline feature network (docs/evaluation.md). Examples:\n"
-                    "  python -m ldm_minimal eval --checkpoint data/checkpoints/shapes32-t2i.safetensors "
-                    "--world single32 --n 256 --out t2i.json\n"
-                    "  python -m ldm_minimal eval --images outputs/samples --world emoji --n 64 --out folder.json",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    src = e.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", help="a latent diffusion checkpoint (.safetensors) or a shipped name (t2i, emoji)")
-    src.add_argument("--images", help="a folder of 32x32 PNG/JPG pictures (the first --n in name order)")
-    e.add_argument("--world", required=True, choices=EVAL_WORLDS, help="reference pictures and feature network")
-    e.add_argument("--n", type=int, default=256, help="generated (and real) pictures; compare only at equal n")
-    e.add_argument("--seed", type=int, default=0, help="seed of the samples' noise (and of KID's subsets)")
-    e.add_argument("--steps", type=int, default=50, help="sampler steps")
-    e.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale s (conditional models)")
-    e.add_argument("--sampler", default="ddim", choices=["ddim", "ddpm"])
-    e.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 = deterministic)")
-    e.add_argument("--features", default="world", choices=FEATURE_CHOICES,
-                   help="world: the world's shipped classifier (offline); inception: torch-fidelity (online)")
-    e.add_argument("--batch", type=int, default=64, help="samples drawn at once (part of what the seed fixes)")
-    e.add_argument("--device", default=None, help="sampling device (default: CUDA, else MPS, else CPU)")
-    e.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: leave torch's setting)")
-    e.add_argument("--progress", action="store_true", help="show the sampler's progress bar")
-    e.add_argument("--out", required=True, help="the JSON file to write")
-    e.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    e.set_defaults(func=cmd_eval)

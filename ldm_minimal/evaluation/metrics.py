@@ -1,8 +1,12 @@
-"""Metrics for reconstructions and restorations (PSNR, SSIM, LPIPS, sharpness).
+"""Metrics for reconstructions and restorations (PSNR, SSIM, LPIPS, sharpness), and for samples (FID, KID, P/R).
 
 PSNR and SSIM come from torchmetrics (we never hand-write what a well-kept library does); LPIPS is ours
 (``ldm_minimal.lpips``). Images are (B, C, H, W) in [-1, 1]; PSNR and SSIM are computed on [0, 1].
 The paper reports these for its first stages in Table 8 (App. D.1).
+
+FID and KID (torchmetrics) and improved precision/recall compare generated with real images in the feature space
+of a world's own classifier (Sec. 4, App. E.3; see the second half of this file). torchmetrics is imported inside
+the functions that use it: it takes seconds to import, and most users of this module never need it.
 """
 
 from __future__ import annotations
@@ -12,7 +16,6 @@ import warnings
 from dataclasses import dataclass, field
 
 import torch
-from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
 
 def psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -20,12 +23,16 @@ def psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
     Identical images have infinite PSNR; we cap at 100 dB so that averages over a batch stay finite.
     """
+    from torchmetrics.functional.image import peak_signal_noise_ratio  # heavy: see the module docstring
+
     a, b = (x.float().clamp(-1, 1) + 1) / 2, (y.float().clamp(-1, 1) + 1) / 2
     return peak_signal_noise_ratio(a, b, data_range=1.0, reduction="none", dim=(1, 2, 3)).clamp(max=100.0)
 
 
 def ssim(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Per-image SSIM (Gaussian window 11, sigma 1.5), (B,)."""
+    from torchmetrics.functional.image import structural_similarity_index_measure  # heavy: see the module docstring
+
     a, b = (x.float().clamp(-1, 1) + 1) / 2, (y.float().clamp(-1, 1) + 1) / 2
     return structural_similarity_index_measure(a, b, data_range=1.0, reduction="none")
 
@@ -185,7 +192,7 @@ def fid(real: torch.Tensor, fake: torch.Tensor, classifier: torch.nn.Module | st
     ``classifier``: a world classifier (offline; e.g. ``load_attribute_classifier()``), or ``"inception"`` for the
     paper's Inception-v3 features (torch-fidelity, downloads weights once; a clear error where that is impossible).
     """
-    from torchmetrics.image.fid import FrechetInceptionDistance
+    from torchmetrics.image.fid import FrechetInceptionDistance  # heavy: see the module docstring
 
     if min(real.shape[0], fake.shape[0]) < 2:
         raise ValueError(f"FID needs at least 2 images per set, got {real.shape[0]} real and {fake.shape[0]} fake.")
@@ -198,7 +205,7 @@ def kid(real: torch.Tensor, fake: torch.Tensor, classifier: torch.nn.Module | st
     """Kernel Inception Distance (Binkowski et al. 2018): the unbiased MMD^2 with the cubic polynomial kernel
     k(a, b) = (a.b / D + 1)^3, averaged over random subsets. Returns (mean, std). Unbiased, so it can dip below 0
     for two samples of one distribution."""
-    from torchmetrics.image.kid import KernelInceptionDistance
+    from torchmetrics.image.kid import KernelInceptionDistance  # heavy: see the module docstring
 
     n = min(real.shape[0], fake.shape[0])
     size = min(subset_size or 100, n)

@@ -19,6 +19,8 @@ import importlib
 import sys
 import time
 
+from ldm_minimal.experiments import report
+
 ORDER = ("table8", "ldm_f", "throughput", "guidance", "samplers", "super_resolution", "inpainting", "text_encoder",
          "high_resolution")
 
@@ -37,8 +39,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"=== {name}: python -m ldm_minimal.experiments.{name} {' '.join(extra)}", flush=True)
             importlib.import_module(f"ldm_minimal.experiments.{name}").main(extra)
             print(f"=== {name} finished in {(time.perf_counter() - t0) / 60:.1f} min", flush=True)
-    from ldm_minimal.experiments import report
-
     report.main(["--quick"] if args.quick else [])
     return 0
 

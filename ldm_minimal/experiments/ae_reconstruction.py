@@ -18,16 +18,19 @@ import argparse
 import json
 import os
 import platform
+import platform as _platform
 import time
 from pathlib import Path
 
 import torch
 
-from ldm_minimal.checkpoint import load_autoencoder
+from ldm_minimal.autoencoder import load_autoencoder
+from ldm_minimal.checkpoint import read_checkpoint, save_checkpoint, update_manifest
+from ldm_minimal.image_io import image_grid, save_image
 from ldm_minimal.lpips import LPIPS
-from ldm_minimal.training.autoencoder_loop import AETrainConfig, evaluate_autoencoder, make_batches, reconstruct, train_autoencoder
+from ldm_minimal.training import AETrainConfig, evaluate_autoencoder, make_batches, reconstruct, train_autoencoder
 from ldm_minimal.utils import REPO_ROOT as ROOT
-from ldm_minimal.utils import count_parameters, image_grid, save_image
+from ldm_minimal.utils import count_parameters
 
 # name -> (preset, overrides of AETrainConfig, model overrides)
 RUNS: dict[str, tuple[str, dict, dict]] = {
@@ -234,10 +237,6 @@ def main() -> None:
     write_report(results, args, out, run_root, total)
     write_figures(results, args, out, run_root)
     if args.ship:
-        import platform as _platform
-
-        from ldm_minimal.checkpoint import read_checkpoint, save_checkpoint, update_manifest
-
         run, _, name = args.ship.partition(":")
         state, meta = read_checkpoint(run_root / run / "autoencoder.safetensors")
         dst = ROOT / "data" / "checkpoints" / f"{name or 'shapes32-' + run}.safetensors"

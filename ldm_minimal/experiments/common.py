@@ -12,6 +12,7 @@ the machine, the wall time and the command) and a figure; ``ldm_minimal.experime
 
 from __future__ import annotations
 
+import argparse
 import json
 import platform
 import sys
@@ -23,6 +24,10 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
+from ldm_minimal.data import caption_for
+from ldm_minimal.evaluation.attributes import attribute_accuracy, load_attribute_classifier, render_single
+from ldm_minimal.evaluation.metrics import fid, kid, precision_recall
+from ldm_minimal.image_io import labeled_rows, save_image
 from ldm_minimal.utils import REPO_ROOT
 
 RESULTS_DIR = REPO_ROOT / "docs" / "results"
@@ -53,25 +58,18 @@ def timer(record: dict[str, Any], key: str = "wall_time_s") -> Iterator[None]:
 
 def single_objects(n: int, start: int = 0) -> tuple[torch.Tensor, list[dict], list[str]]:
     """``n`` held-out single-object 32x32 pictures (B, 3, 32, 32) in [-1, 1], their objects and captions."""
-    from ldm_minimal.evaluation.attributes import render_single
-    from ldm_minimal.data import caption_for
-
     images, objects = render_single(range(start, start + n), TEST_SEED)
     return images, [o[0] for o in objects], [caption_for(o) for o in objects]
 
 
 @lru_cache(maxsize=1)
 def judge() -> torch.nn.Module:
-    from ldm_minimal.evaluation.attributes import load_attribute_classifier
-
     return load_attribute_classifier()
 
 
 @lru_cache(maxsize=4)
 def real_floor(n: int) -> float:
     """FID between two disjoint sets of n held-out real pictures: the best a model can score at this n."""
-    from ldm_minimal.evaluation.metrics import fid
-
     a, _, _ = single_objects(n)
     b, _, _ = single_objects(n, start=n)
     return round(fid(a, b, judge()), 2)
@@ -81,9 +79,6 @@ def real_floor(n: int) -> float:
 def sample_quality(fake: torch.Tensor, real: torch.Tensor, captions: Sequence[str] | None = None) -> dict[str, Any]:
     """FID, KID, precision/recall of ``fake`` against ``real`` (both (N, 3, 32, 32) in [-1, 1]) on the judge's features,
     and, with ``captions``, the judge's attribute accuracy on ``fake``."""
-    from ldm_minimal.evaluation.attributes import attribute_accuracy
-    from ldm_minimal.evaluation.metrics import fid, kid, precision_recall
-
     clf = judge()
     kid_mean, kid_std = kid(real, fake, clf)
     pr = precision_recall(clf.features(real.float()), clf.features(fake.float().clamp(-1, 1)))
@@ -138,16 +133,12 @@ def save_figure(fig, name: str, out_dir: Path | None = None) -> Path:
 
 
 def save_rows(rows: Sequence[tuple[str, torch.Tensor]], name: str, out_dir: Path | None = None, **kwargs: Any) -> Path:
-    """<out_dir>/<name>.png: one labelled row of pictures per (label, images) (``generate.labeled_rows``)."""
-    from ldm_minimal.generate import labeled_rows
-    from ldm_minimal.utils import save_image
+    """<out_dir>/<name>.png: one labelled row of pictures per (label, images) (``image_io.labeled_rows``)."""
 
     return save_image(labeled_rows(rows, **kwargs), Path(out_dir or RESULTS_DIR) / f"{name}.png")
 
 
 def base_parser(description: str, n: int):
-    import argparse
-
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n", type=int, default=n, help="samples per setting (and real pictures in the reference set)")
     p.add_argument("--quick", action="store_true", help="a smoke run of every code path (tiny n, few steps)")

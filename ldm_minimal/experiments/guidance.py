@@ -17,8 +17,21 @@ import sys
 
 import torch
 
-from ldm_minimal.experiments.common import (CHECKPOINTS, base_parser, real_floor, sample_in_chunks, sample_quality,
-                                           pyplot, save_figure, save_rows, setup, single_objects, timer, write_result)
+from ldm_minimal.experiments.common import (
+    CHECKPOINTS,
+    base_parser,
+    pyplot,
+    real_floor,
+    sample_in_chunks,
+    sample_quality,
+    save_figure,
+    save_rows,
+    setup,
+    single_objects,
+    timer,
+    write_result,
+)
+from ldm_minimal.latent_diffusion_io import load_ldm
 
 SCALES = (1.0, 1.5, 2.0, 3.0, 5.0, 7.0)
 NAME = "guidance"
@@ -33,8 +46,6 @@ def main(argv: list[str] | None = None) -> dict:
     setup(args)
     if args.quick:
         args.n, args.steps, args.scales = 16, 4, [1.0, 3.0]
-    from ldm_minimal.checkpoint import load_ldm
-
     ldm, _ = load_ldm(args.checkpoint)
     real, _, captions = single_objects(args.n)
     rows, pictures = [], []

@@ -22,8 +22,23 @@ import sys
 import numpy as np
 import torch
 
-from ldm_minimal.experiments.common import (CHECKPOINTS, TEST_SEED, base_parser, judge, sample_in_chunks, save_rows,
-                                           setup, single_objects, timer, write_result)
+from ldm_minimal.data.shapes import BACKGROUND
+from ldm_minimal.evaluation.attributes import attribute_accuracy, render_single
+from ldm_minimal.evaluation.metrics import psnr, ssim
+from ldm_minimal.experiments.common import (
+    CHECKPOINTS,
+    TEST_SEED,
+    base_parser,
+    judge,
+    sample_in_chunks,
+    save_rows,
+    setup,
+    single_objects,
+    timer,
+    write_result,
+)
+from ldm_minimal.latent_diffusion_io import load_ldm
+from ldm_minimal.pipelines import bicubic_upscale, upscale
 
 NAME = "high_resolution"
 
@@ -31,8 +46,6 @@ NAME = "high_resolution"
 def count_objects(x: torch.Tensor, min_pixels: int = 6) -> list[int]:
     """Connected regions (8-neighbourhood) that differ from the background colour, per image."""
     from scipy import ndimage
-
-    from ldm_minimal.data.shapes import BACKGROUND
 
     bg = torch.tensor(BACKGROUND, dtype=torch.float32).view(1, 3, 1, 1) / 127.5 - 1
     fg = ((x.float() - bg).abs().amax(dim=1) > 0.25).numpy()  # (B, H, W) bool
@@ -53,10 +66,6 @@ def main(argv: list[str] | None = None) -> dict:
     setup(args)
     if args.quick:
         args.n, args.steps = 8, 3
-    from ldm_minimal.evaluation.attributes import attribute_accuracy, render_single
-    from ldm_minimal.checkpoint import load_ldm
-    from ldm_minimal.evaluation.metrics import psnr, ssim
-    from ldm_minimal.pipelines import bicubic_upscale, upscale
     t2i, _ = load_ldm(args.t2i_checkpoint)
     sr, _ = load_ldm(args.sr_checkpoint)
     _, _, captions = single_objects(args.n)

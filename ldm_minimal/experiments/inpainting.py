@@ -25,16 +25,28 @@ import sys
 
 import torch
 
-from ldm_minimal.experiments.common import (CHECKPOINTS, base_parser, sample_in_chunks, sample_quality, save_rows,
-                                           setup, single_objects, timer, write_result)
+from ldm_minimal.experiments.common import (
+    CHECKPOINTS,
+    base_parser,
+    sample_in_chunks,
+    sample_quality,
+    save_rows,
+    setup,
+    single_objects,
+    timer,
+    write_result,
+)
+from ldm_minimal.latent_diffusion_io import load_ldm
+from ldm_minimal.lpips import LPIPS
+from ldm_minimal.masks import random_box_mask, random_freeform_mask
+from ldm_minimal.pipelines import inpaint, inpaint_baseline
+from ldm_minimal.training import fixed_batch
 
 NAME = "inpainting"
 MASKS = ("box", "free-form")
 
 
 def masks_for(kind: str, n: int, seed: int = 0) -> torch.Tensor:
-    from ldm_minimal.masks import random_box_mask, random_freeform_mask
-
     fn = random_box_mask if kind == "box" else random_freeform_mask
     return fn((n, 1, 32, 32), generator=torch.Generator().manual_seed(seed))
 
@@ -63,18 +75,12 @@ def main(argv: list[str] | None = None) -> dict:
     setup(args)
     if args.quick:
         args.n, args.steps = 16, 3
-    from ldm_minimal.checkpoint import load_ldm
-    from ldm_minimal.lpips import LPIPS
-    from ldm_minimal.pipelines import inpaint, inpaint_baseline
-
     ldm_inp, _ = load_ldm(args.inpaint_checkpoint)
     ldm_t2i, _ = load_ldm(args.t2i_checkpoint)
     lpips = LPIPS(backbone="random").eval()
     if args.world == "single32":
         x, _, captions = single_objects(args.n)
     else:
-        from ldm_minimal.training.trainer import fixed_batch
-
         x, captions = fixed_batch("shapes32", 32, args.n)["image"], None  # the test split (seed 1,000,000)
     name = NAME if args.world == "single32" else f"{NAME}_{args.world}"
     result: dict = {"world": args.world, "n": args.n, "sampler": f"DDIM {args.steps}", "inpaint_checkpoint": str(args.inpaint_checkpoint),

@@ -25,9 +25,24 @@ from pathlib import Path
 
 import torch
 
+from ldm_minimal.data.shapes import class_id_for
 from ldm_minimal.experiments import table8
-from ldm_minimal.experiments.common import (RUNS_DIR, base_parser, real_floor, sample_in_chunks, sample_quality,
-                                           pyplot, save_figure, save_rows, setup, single_objects, timer, write_result)
+from ldm_minimal.experiments.common import (
+    RUNS_DIR,
+    base_parser,
+    pyplot,
+    real_floor,
+    sample_in_chunks,
+    sample_quality,
+    save_figure,
+    save_rows,
+    setup,
+    single_objects,
+    timer,
+    write_result,
+)
+from ldm_minimal.latent_diffusion_io import load_ldm
+from ldm_minimal.training import train, train_config
 
 FACTORS = (1, 2, 4, 8, 16)
 NAME = "ldm_f"
@@ -43,8 +58,6 @@ def model_overrides(f: int) -> dict:
 
 
 def train_ldm(f: int, steps: int, every: int, first_stages: Path, run_root: Path) -> Path:
-    from ldm_minimal.training.trainer import train, train_config
-
     out = run_root / f"ldm-f{f}"
     if (out / "summary.json").exists():
         return out
@@ -57,15 +70,11 @@ def train_ldm(f: int, steps: int, every: int, first_stages: Path, run_root: Path
 
 
 def class_ids(objects: list[dict]) -> torch.Tensor:
-    from ldm_minimal.data.shapes import class_id_for
-
     return torch.tensor([class_id_for(o["shape"], o["colour"]) for o in objects])
 
 
 @torch.no_grad()
 def evaluate_checkpoint(path: Path, real: torch.Tensor, objects: list[dict], captions: list[str], steps: int) -> dict:
-    from ldm_minimal.checkpoint import load_ldm
-
     ldm, _ = load_ldm(path)
     ids = class_ids(objects)
     row: dict = {}

@@ -20,8 +20,20 @@ import sys
 
 import torch
 
-from ldm_minimal.experiments.common import (CHECKPOINTS, base_parser, real_floor, sample_in_chunks, sample_quality,
-                                           pyplot, save_figure, setup, single_objects, timer, write_result)
+from ldm_minimal.experiments.common import (
+    CHECKPOINTS,
+    base_parser,
+    pyplot,
+    real_floor,
+    sample_in_chunks,
+    sample_quality,
+    save_figure,
+    setup,
+    single_objects,
+    timer,
+    write_result,
+)
+from ldm_minimal.latent_diffusion_io import load_ldm
 
 DDIM_STEPS = (10, 25, 50, 100, 250)
 ETAS = (0.0, 1.0)
@@ -37,8 +49,6 @@ def main(argv: list[str] | None = None) -> dict:
     settings = [("ddim", s, eta) for eta in ETAS for s in DDIM_STEPS] + [("ddpm", 1000, 1.0)]
     if args.quick:
         args.n, settings = 12, [("ddim", 2, 0.0), ("ddim", 4, 1.0)]  # (DDPM's 1000 steps are no smoke test)
-    from ldm_minimal.checkpoint import load_ldm
-
     ldm, _ = load_ldm(args.checkpoint)
     real, _, captions = single_objects(args.n)
     result: dict = {"checkpoint": str(args.checkpoint), "n": args.n, "guidance": args.guidance,

@@ -28,38 +28,31 @@ from typing import Any
 
 import torch
 
+from ldm_minimal.autoencoder import load_autoencoder
+from ldm_minimal.data import ShapesDataset, collate, shapes_preset
+from ldm_minimal.data.shapes import BACKGROUND, class_id_for
+from ldm_minimal.evaluation.attributes import attribute_accuracy, load_attribute_classifier
+from ldm_minimal.evaluation.metrics import psnr, ssim
+from ldm_minimal.experiments.common import TEST_SEED, sample_in_chunks, single_objects
+from ldm_minimal.latent_diffusion_io import load_ldm
+from ldm_minimal.pipelines import bicubic_upscale, class_to_image, inpaint, layout_to_image, upscale
+
 N_EVAL = 256
-TEST_SEED = 1_000_000  # the held-out world (ldm_minimal.data.SHAPES_SPLITS["test"])
-
-
-def _single(n: int) -> tuple[torch.Tensor, list[dict], list[str]]:
-    from ldm_minimal.evaluation.attributes import render_single
-    from ldm_minimal.data import caption_for
-
-    images, objects = render_single(range(n), TEST_SEED)
-    return images, [o[0] for o in objects], [caption_for(o) for o in objects]
 
 
 def _judge(images: torch.Tensor, captions: list[str],
            keys: tuple[str, ...] = ("shape", "colour", "shape_and_colour", "size")) -> dict[str, float]:
-    from ldm_minimal.evaluation.attributes import attribute_accuracy, load_attribute_classifier
-
     acc = attribute_accuracy(load_attribute_classifier(), images, captions)
     return {k: round(float(v), 4) for k, v in acc.items() if k in keys}
 
 
 @torch.no_grad()
 def ae_quality(path: str | Path, n: int = N_EVAL) -> dict[str, Any]:
-    from ldm_minimal.checkpoint import load_autoencoder
-    from ldm_minimal.evaluation.metrics import psnr, ssim
-
-    from ldm_minimal.data import ShapesDataset, collate, shapes_preset
-
     ae, _ = load_autoencoder(path)
     ds = ShapesDataset(shapes_preset("shapes32", seed=TEST_SEED), length=n)
     xm = collate([ds[i] for i in range(n)])["image"]
     xm_hat = ae.decode_latent(ae.encode_latent(xm, sample=False)).clamp(-1, 1)
-    x, _, captions = _single(n)
+    x, _, captions = single_objects(n)
     x_hat = ae.decode_latent(ae.encode_latent(x, sample=False)).clamp(-1, 1)
     return {"n": n, "psnr": round(float(psnr(xm_hat, xm).mean()), 2), "ssim": round(float(ssim(xm_hat, xm).mean()), 4),
             "psnr_single_object": round(float(psnr(x_hat, x).mean()), 2),
@@ -69,12 +62,8 @@ def ae_quality(path: str | Path, n: int = N_EVAL) -> dict[str, Any]:
 
 @torch.no_grad()
 def sr_quality(path: str | Path, n: int = N_EVAL, steps: int = 50) -> dict[str, Any]:
-    from ldm_minimal.checkpoint import load_ldm
-    from ldm_minimal.evaluation.metrics import psnr, ssim
-    from ldm_minimal.pipelines import bicubic_upscale, upscale
-
     ldm, _ = load_ldm(path)
-    x, _, captions = _single(n)
+    x, _, captions = single_objects(n)
     low = torch.nn.functional.avg_pool2d(x, 4)  # (n, 3, 8, 8), as the model was trained
     out: dict[str, Any] = {"n": n, "ddim_steps": steps, "input": "8x8 area-downsampled held-out single-object"}
     sr = torch.cat([upscale(ldm, low[i:i + 128], steps=steps, generator=torch.Generator().manual_seed(i),
@@ -100,12 +89,8 @@ def half_object_masks(objects: list[dict], size: int = 32) -> torch.Tensor:
 
 @torch.no_grad()
 def inpaint_quality(path: str | Path, n: int = N_EVAL, steps: int = 50) -> dict[str, Any]:
-    from ldm_minimal.checkpoint import load_ldm
-    from ldm_minimal.data.shapes import BACKGROUND
-    from ldm_minimal.pipelines import inpaint
-
     ldm, _ = load_ldm(path)
-    x, objects, captions = _single(n)
+    x, objects, captions = single_objects(n)
     m = half_object_masks(objects)
     filled = torch.cat([inpaint(ldm, x[i:i + 128], m[i:i + 128], steps=steps,
                                 generator=torch.Generator().manual_seed(i), progress=False)
@@ -124,13 +109,8 @@ def inpaint_quality(path: str | Path, n: int = N_EVAL, steps: int = 50) -> dict[
 
 @torch.no_grad()
 def class_quality(path: str | Path, n: int = N_EVAL, steps: int = 50) -> dict[str, Any]:
-    from ldm_minimal.checkpoint import load_ldm
-    from ldm_minimal.data.shapes import class_id_for
-    from ldm_minimal.experiments.common import sample_in_chunks
-    from ldm_minimal.generate import class_to_image
-
     ldm, _ = load_ldm(path)
-    _, objects, captions = _single(n)
+    _, objects, captions = single_objects(n)
     ids = [class_id_for(o["shape"], o["colour"]) for o in objects]
     samples = sample_in_chunks(lambda a, b: class_to_image(ldm, ids[a:b], guidance=3.0, steps=steps, seed=a), n)
     return {"n": n, "ddim_steps": steps, "guidance": 3.0, "classes": "those of held-out single-object pictures",
@@ -139,12 +119,8 @@ def class_quality(path: str | Path, n: int = N_EVAL, steps: int = 50) -> dict[st
 
 @torch.no_grad()
 def layout_quality(path: str | Path, n: int = N_EVAL, steps: int = 50) -> dict[str, Any]:
-    from ldm_minimal.checkpoint import load_ldm
-    from ldm_minimal.experiments.common import sample_in_chunks
-    from ldm_minimal.generate import layout_to_image
-
     ldm, _ = load_ldm(path)
-    _, objects, captions = _single(n)
+    _, objects, captions = single_objects(n)
     layouts = [[{"shape": o["shape"], "colour": o["colour"], "bbox": list(o["bbox"])}] for o in objects]
     samples = sample_in_chunks(lambda a, b: layout_to_image(ldm, layouts[a:b], guidance=3.0, steps=steps, seed=a), n)
     return {"n": n, "ddim_steps": steps, "guidance": 3.0,

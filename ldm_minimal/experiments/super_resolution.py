@@ -17,16 +17,28 @@ import sys
 
 import torch
 
-from ldm_minimal.experiments.common import (CHECKPOINTS, base_parser, real_floor, sample_in_chunks,
-                                           sample_quality, save_rows, setup, single_objects, timer, write_result)
+from ldm_minimal.evaluation.metrics import psnr, ssim
+from ldm_minimal.experiments.common import (
+    CHECKPOINTS,
+    base_parser,
+    real_floor,
+    sample_in_chunks,
+    sample_quality,
+    save_rows,
+    setup,
+    single_objects,
+    timer,
+    write_result,
+)
+from ldm_minimal.latent_diffusion_io import load_ldm
+from ldm_minimal.lpips import LPIPS
+from ldm_minimal.pipelines import bicubic_upscale, upscale
 
 NAME = "super_resolution"
 
 
 @torch.no_grad()
 def pixel_scores(y: torch.Tensor, x: torch.Tensor, lpips: torch.nn.Module) -> dict:
-    from ldm_minimal.evaluation.metrics import psnr, ssim
-
     return {"psnr": round(float(psnr(y, x).mean()), 2), "ssim": round(float(ssim(y, x).mean()), 4),
             "lpips_offline": round(float(torch.cat([lpips(y[i:i + 128], x[i:i + 128]) for i in range(0, len(x), 128)]).mean()), 4)}
 
@@ -39,10 +51,6 @@ def main(argv: list[str] | None = None) -> dict:
     setup(args)
     if args.quick:
         args.n, args.steps = 16, 3
-    from ldm_minimal.checkpoint import load_ldm
-    from ldm_minimal.lpips import LPIPS
-    from ldm_minimal.pipelines import bicubic_upscale, upscale
-
     ldm, _ = load_ldm(args.checkpoint)
     lpips = LPIPS(backbone="random").eval()
     x, _, captions = single_objects(args.n)

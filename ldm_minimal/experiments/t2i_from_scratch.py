@@ -29,7 +29,11 @@ from typing import Any
 
 import torch
 
-from ldm_minimal.utils import REPO_ROOT, image_grid, save_image
+from ldm_minimal.data import render_sample, shapes_preset
+from ldm_minimal.evaluation.attributes import attribute_accuracy, load_attribute_classifier
+from ldm_minimal.image_io import image_grid, save_image
+from ldm_minimal.latent_diffusion_io import load_ldm
+from ldm_minimal.utils import REPO_ROOT
 
 RESULTS = REPO_ROOT / "docs" / "results"
 GUIDANCES = (1.0, 3.0)
@@ -46,8 +50,6 @@ def run_command(args: list[str]) -> float:
 
 def single_object_prompts(n: int, seed: int = 2024) -> list[str]:
     """n captions of held-out single-object shapes scenes (a seed the training never drew)."""
-    from ldm_minimal.data import render_sample, shapes_preset
-
     cfg = shapes_preset("single32", seed=seed)
     return [render_sample(i, cfg).caption for i in range(n)]
 
@@ -56,9 +58,6 @@ def single_object_prompts(n: int, seed: int = 2024) -> list[str]:
 def evaluate(ldm_path: Path, n: int, steps: int, guidances: tuple[float, ...] = GUIDANCES,
              batch: int = 100) -> tuple[dict[str, Any], torch.Tensor]:
     """Attribute accuracy of samples for n single-object prompts at each guidance scale; and a picture grid."""
-    from ldm_minimal.evaluation.attributes import attribute_accuracy, load_attribute_classifier
-    from ldm_minimal.checkpoint import load_ldm
-
     ldm, _ = load_ldm(ldm_path)
     clf = load_attribute_classifier()
     prompts = single_object_prompts(n)

@@ -27,8 +27,24 @@ from pathlib import Path
 
 import torch
 
-from ldm_minimal.experiments.common import (RUNS_DIR, base_parser, judge, pyplot, save_figure, save_rows, setup,
-                                           single_objects, timer, write_result)
+from ldm_minimal.autoencoder import load_autoencoder
+from ldm_minimal.evaluation.attributes import attribute_accuracy
+from ldm_minimal.evaluation.metrics import ReconstructionMetrics, fid
+from ldm_minimal.experiments.common import (
+    RUNS_DIR,
+    base_parser,
+    judge,
+    pyplot,
+    save_figure,
+    save_rows,
+    setup,
+    single_objects,
+    timer,
+    write_result,
+)
+from ldm_minimal.lpips import LPIPS
+from ldm_minimal.training import train, train_config
+from ldm_minimal.utils import count_parameters
 
 FACTORS = (1, 2, 4, 8, 16)
 KINDS = ("kl", "vq")
@@ -38,8 +54,6 @@ N_EVAL = 512
 
 def train_first_stage(kind: str, f: int, steps: int, run_root: Path) -> Path:
     """Train (or reuse) tiny-{kind}-f{f}; returns the run folder."""
-    from ldm_minimal.training.trainer import train, train_config
-
     out = run_root / f"{kind}-f{f}"
     if (out / "summary.json").exists():
         return out
@@ -52,11 +66,6 @@ def train_first_stage(kind: str, f: int, steps: int, run_root: Path) -> Path:
 
 @torch.no_grad()
 def score(model_path: Path, x: torch.Tensor, captions: list[str], lpips: torch.nn.Module) -> dict:
-    from ldm_minimal.evaluation.attributes import attribute_accuracy
-    from ldm_minimal.checkpoint import load_autoencoder
-    from ldm_minimal.evaluation.metrics import ReconstructionMetrics, fid
-    from ldm_minimal.utils import count_parameters
-
     ae, _ = load_autoencoder(model_path)
     z = torch.cat([ae.encode_latent(x[i:i + 128], sample=False) for i in range(0, len(x), 128)])  # (N, c, h, w)
     x_hat = torch.cat([ae.decode_latent(z[i:i + 128]) for i in range(0, len(z), 128)]).clamp(-1, 1)
@@ -83,8 +92,6 @@ def main(argv: list[str] | None = None) -> dict:
     setup(args)
     if args.quick:
         args.n, args.steps, args.run_root = 16, 4, RUNS_DIR / f"{NAME}-quick"
-    from ldm_minimal.lpips import LPIPS
-
     lpips = LPIPS(backbone="random").eval()
     x, _, captions = single_objects(args.n)
     rows, pictures = [], [("original", x[:8])]

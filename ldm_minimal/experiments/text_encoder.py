@@ -29,8 +29,24 @@ from pathlib import Path
 
 import torch
 
-from ldm_minimal.experiments.common import (CHECKPOINTS, RUNS_DIR, TEST_SEED, base_parser, judge, pyplot, save_figure,
-                                           save_rows, setup, timer, write_result)
+from ldm_minimal.data import caption_for
+from ldm_minimal.data.shapes import COLOUR_NAMES, HELD_OUT_COMBOS, render_sample, shapes_preset
+from ldm_minimal.evaluation.attributes import VOCAB, attribute_accuracy, predict
+from ldm_minimal.experiments.common import (
+    CHECKPOINTS,
+    RUNS_DIR,
+    TEST_SEED,
+    base_parser,
+    judge,
+    pyplot,
+    save_figure,
+    save_rows,
+    setup,
+    timer,
+    write_result,
+)
+from ldm_minimal.latent_diffusion_io import load_ldm
+from ldm_minimal.training import train, train_config
 
 NAME = "text_encoder"
 ENCODERS = {"joint": "shapes-t2i", "minilm": "shapes-t2i-minilm"}
@@ -39,9 +55,6 @@ WORLD = "single32-heldout"
 
 def prompt_sets(n: int) -> dict[str, tuple[list[str], list[dict]]]:
     """n captions (and objects) of held-out single32 test pictures whose pair was held out, and n whose was not."""
-    from ldm_minimal.data import caption_for
-    from ldm_minimal.data.shapes import HELD_OUT_COMBOS, render_sample, shapes_preset
-
     cfg = shapes_preset("single32", seed=TEST_SEED)
     sets: dict[str, tuple[list[str], list[dict]]] = {"held_out_pairs": ([], []), "seen_pairs": ([], [])}
     i = 0
@@ -58,8 +71,6 @@ def prompt_sets(n: int) -> dict[str, tuple[list[str], list[dict]]]:
 
 def substitute(colour: str, shape: str) -> str:
     """The colour the training world drew instead of a held-out pair."""
-    from ldm_minimal.data.shapes import COLOUR_NAMES, HELD_OUT_COMBOS
-
     i = COLOUR_NAMES.index(colour)
     while f"{COLOUR_NAMES[i]} {shape}" in HELD_OUT_COMBOS:
         i = (i + 1) % len(COLOUR_NAMES)
@@ -67,8 +78,6 @@ def substitute(colour: str, shape: str) -> str:
 
 
 def train_model(encoder: str, steps: int, first_stage: Path, run_root: Path) -> Path:
-    from ldm_minimal.training.trainer import train, train_config
-
     out = run_root / encoder
     if (out / "summary.json").exists():
         return out
@@ -81,9 +90,6 @@ def train_model(encoder: str, steps: int, first_stage: Path, run_root: Path) -> 
 
 @torch.no_grad()
 def score(model_path: Path, sets: dict, guidance: float, steps: int) -> tuple[dict, dict]:
-    from ldm_minimal.evaluation.attributes import VOCAB, attribute_accuracy, predict
-    from ldm_minimal.checkpoint import load_ldm
-
     ldm, _ = load_ldm(model_path)
     out, pictures = {}, {}
     for name, (captions, objects) in sets.items():

@@ -25,8 +25,20 @@ from pathlib import Path
 
 import torch
 
-from ldm_minimal.experiments.common import (RESULTS_DIR, RUNS_DIR, base_parser, pyplot, save_figure, setup, timer,
-                                           write_result)
+from ldm_minimal.experiments.common import (
+    RESULTS_DIR,
+    RUNS_DIR,
+    base_parser,
+    pyplot,
+    save_figure,
+    setup,
+    single_objects,
+    timer,
+    write_result,
+)
+from ldm_minimal.experiments.ldm_f import class_ids
+from ldm_minimal.latent_diffusion_io import load_ldm
+from ldm_minimal.training import fixed_batch
 
 NAME = "throughput"
 
@@ -87,12 +99,6 @@ def main(argv: list[str] | None = None) -> dict:
     if args.quick:
         args.n, args.train_steps, args.sample_steps = 4, 1, 2
         args.ldm_f_runs, args.ldm_f_result = RUNS_DIR / "ldm_f-quick", RESULTS_DIR / "quick" / "ldm_f.json"
-    from ldm_minimal.checkpoint import load_ldm
-    from ldm_minimal.experiments.ldm_f import class_ids
-
-    from ldm_minimal.experiments.common import single_objects
-    from ldm_minimal.training.trainer import fixed_batch
-
     batch = fixed_batch("single32", 32, 32)  # held-out pictures with their class ids
     ids = class_ids(single_objects(args.n)[1])
     result: dict = {"train_batch": 32, "sample_batch": args.n, "sampler": f"DDIM {args.sample_steps}, no guidance",

@@ -1,20 +1,26 @@
-"""Training the first stage: a plain PyTorch loop for the KL- and VQ-regularised autoencoders (Sec. 3.1, App. G).
+"""The issue-2 first-stage experiments' loop: an in-memory run of the first stage (Sec. 3.1, App. G), and the
+held-out evaluation of a first stage.
 
-One step is the two-player update of the reference: a generator step on
+One step is ``AutoencoderTask.train_step``, the step of ``python -m ldm_minimal train ae``: a generator step on
     L = L_rec(x, D(E(x))) + L_reg(z) + lambda_adv * L_adv(D(E(x)))                     (paper Eq. 25)
-then a discriminator step with its own optimizer. ``disc_start`` delays the adversarial game until the
-reconstructions are good (see ``ldm_minimal.losses``).
+then a discriminator step with its own optimizer; ``disc_start`` delays the adversarial game until the
+reconstructions are good (see ``ldm_minimal.losses``). What this loop keeps of its own, so that the runs of
+``ldm_minimal.experiments.ae_reconstruction`` (docs/results/ae_reconstruction.md) reproduce bit for bit:
 
-    python -m ldm_minimal train-ae --model tiny-kl-f4 --steps 2000 --out runs/ae-kl-f4
+- its data stream, ``make_batches`` (a plain DataLoader; its first batch draws torch's global RNG once, which
+  shifts the posterior samples of every later step against the generic loop's seeded ``StepBatches``);
+- no EMA, warm-up, clipping, checkpoints or resume; the model comes back in memory;
+- its run folder: config.json (AETrainConfig), metrics.jsonl (0-based steps), reconstructions.png,
+  autoencoder.safetensors, summary.json.
+
+For a first stage to build a latent diffusion model on, use ``python -m ldm_minimal train ae ...`` instead.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -22,64 +28,19 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from ldm_minimal.autoencoder import VQModel, autoencoder_config, build_autoencoder
+from ldm_minimal.autoencoder import VQModel, autoencoder_config
 from ldm_minimal.checkpoint import save_checkpoint
-from ldm_minimal.losses import AutoencoderLoss, AutoencoderLossConfig, autoencoder_train_step
+from ldm_minimal.data import ShapesConfig, ShapesDataset, collate, world_dataset
 from ldm_minimal.evaluation.metrics import ReconstructionMetrics
 from ldm_minimal.regularizers import perplexity
-from ldm_minimal.utils import autocast, default_device, image_grid, save_image, seed_everything
-
-
-@dataclass
-class AETrainConfig:
-    """Everything one autoencoder run needs. Presets: AE_TRAIN_PRESETS; every field can be overridden."""
-
-    model: str = "tiny-kl-f4"  # autoencoder preset name (ldm_minimal.autoencoder.AUTOENCODER_PRESETS)
-    model_overrides: dict[str, Any] = field(default_factory=dict)
-    world: str = "shapes"
-    resolution: int = 32
-    steps: int = 2000
-    batch_size: int = 32
-    lr: float = 5e-4
-    betas: tuple[float, float] = (0.5, 0.9)  # the reference's Adam betas for both players
-    perceptual: str = "lpips-random"  # "lpips" (ImageNet VGG, online), "lpips-random" (offline), "none"
-    perceptual_weight: float = 1.0
-    kl_weight: float = 1e-6
-    codebook_weight: float = 1.0
-    disc_start: int | None = None  # default: half of the steps
-    disc_weight: float | None = None  # default: 0.5 (KL) / 0.75 (VQ)
-    disc_ramp: int | None = None  # default: a quarter of the steps (see ldm_minimal.losses; 0 = the reference)
-    disc_ndf: int = 64  # PatchGAN width (the reference's 64; the CPU experiments use 32)
-    disc_n_layers: int = 3  # PatchGAN depth (3 gives 2x2 patches at 32x32; the CPU experiments use 2)
-    adversarial: bool = True  # False: no discriminator at all (the "L1 (+ perceptual) only" baselines)
-    seed: int = 0
-    log_every: int = 50
-    device: str = "auto"
-    num_threads: int | None = None
-
-    def loss_config(self, kind: str) -> AutoencoderLossConfig:
-        disc_start = self.disc_start if self.disc_start is not None else self.steps // 2
-        if not self.adversarial:
-            disc_start = 10**12  # never switches on
-        disc_weight = self.disc_weight if self.disc_weight is not None else (0.5 if kind == "kl" else 0.75)
-        return AutoencoderLossConfig(
-            kind=kind,
-            perceptual=self.perceptual,
-            perceptual_weight=self.perceptual_weight,
-            kl_weight=self.kl_weight,
-            codebook_weight=self.codebook_weight,
-            disc_start=disc_start,
-            disc_weight=disc_weight,
-            disc_ramp=self.disc_ramp if self.disc_ramp is not None else self.steps // 4,
-            disc_ndf=self.disc_ndf,
-            disc_n_layers=self.disc_n_layers,
-        )
+from ldm_minimal.training.config import AETrainConfig, first_stage_loss_config
+from ldm_minimal.training.tasks import AutoencoderTask, reconstruct
+from ldm_minimal.image_io import image_grid, save_image
+from ldm_minimal.utils import default_device, seed_everything
 
 
 def make_batches(world: str, resolution: int, batch_size: int, seed: int, split: str = "train") -> Iterator[torch.Tensor]:
     """An endless stream of image batches (B, 3, H, W) in [-1, 1] from a data world."""
-    from ldm_minimal.data import ShapesConfig, ShapesDataset, collate, world_dataset
-
     if world == "shapes":
         # Rendered on the fly: an effectively infinite, never-repeating training set. Test uses another seed.
         seed_offset = 0 if split == "train" else 10_000
@@ -154,10 +115,10 @@ def train_autoencoder(
     seed_everything(cfg.seed)
 
     model_cfg = autoencoder_config(cfg.model, **cfg.model_overrides)
-    model = build_autoencoder(model_cfg).to(device)
-    loss_fn = AutoencoderLoss(cfg.loss_config(model_cfg.kind)).to(device)
-    opt_g = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=cfg.betas)
-    opt_d = torch.optim.Adam(loss_fn.discriminator_parameters(), lr=cfg.lr, betas=cfg.betas)
+    # bf16 autocast on CUDA, like the generic loop's "auto" precision
+    task = AutoencoderTask(model_cfg, first_stage_loss_config(cfg, model_cfg.kind), device, world=cfg.world,
+                           resolution=cfg.resolution, bf16=device.type == "cuda")
+    optimizers = task.optimizers(cfg.lr, cfg.betas, weight_decay=0.0)
     batches = make_batches(cfg.world, cfg.resolution, cfg.batch_size, cfg.seed, "train")
 
     log_file = None
@@ -169,12 +130,9 @@ def train_autoencoder(
     bar = tqdm(range(cfg.steps), disable=not progress, desc=f"train {cfg.model}")
     logs: dict[str, float] = {}
     for step in bar:
-        x = next(batches).to(device)
-        with autocast(device):
-            logs = autoencoder_train_step(model, loss_fn, x, step, opt_g, opt_d)
-        loss = logs.get("loss", logs.get("g_total", float("nan")))
-        if not math.isfinite(float(loss)):
-            raise FloatingPointError(f"The autoencoder loss became {loss} at step {step}; lower --lr and retry.")
+        loss, logs, finite = task.train_step({"image": next(batches)}, step, optimizers)
+        if not finite:
+            raise FloatingPointError(f"The autoencoder loss became {float(loss)} at step {step}; lower --lr and retry.")
         if step % cfg.log_every == 0 or step == cfg.steps - 1:
             elapsed = time.perf_counter() - t0
             rate = (step + 1) * cfg.batch_size / max(elapsed, 1e-9)
@@ -185,23 +143,16 @@ def train_autoencoder(
     wall = time.perf_counter() - t0
     if log_file:
         log_file.close()
+    model = task.model
     summary = {"steps": cfg.steps, "wall_time_s": wall, "images_per_s": cfg.steps * cfg.batch_size / wall,
                "final_logs": {k: float(v) for k, v in logs.items()}, "device": str(device)}
     if out is not None:
         model.eval()
         test = make_batches(cfg.world, cfg.resolution, 16, cfg.seed, "test")
         x = next(test).to(device)
-        with torch.no_grad():
-            x_hat = reconstruct(model, x)
+        x_hat = reconstruct(model, x)
         save_image(image_grid(torch.cat([x.cpu(), x_hat.float().cpu()]), nrow=16), out / "reconstructions.png")
         save_checkpoint(ckpt_path, model, kind="autoencoder", config=model_cfg,
                         info={"train": dataclasses.asdict(cfg), **summary}, overwrite=overwrite)
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return model, summary
-
-
-@torch.no_grad()
-def reconstruct(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Deterministic reconstruction D(E(x)): posterior mode for KL, quantised codes for VQ (the first stages'
-    shared ``encode_latent`` / ``decode_latent`` interface)."""
-    return model.decode_latent(model.encode_latent(x, sample=False))
