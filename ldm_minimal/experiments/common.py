@@ -20,7 +20,7 @@ import time
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 
@@ -138,13 +138,31 @@ def save_rows(rows: Sequence[tuple[str, torch.Tensor]], name: str, out_dir: Path
     return save_image(labeled_rows(rows, **kwargs), Path(out_dir or RESULTS_DIR) / f"{name}.png")
 
 
-def base_parser(description: str, n: int):
+def base_parser(description: str, n: int, checkpoints: Mapping[str, str] | None = None,
+                steps: int | None = None) -> argparse.ArgumentParser:
+    """The flags every experiment has (--n, --quick, --out-dir, --threads), then one flag per shipped checkpoint it
+    reads (``checkpoints``: flag -> file name under data/checkpoints/) and, with ``steps``, --steps (DDIM steps)."""
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n", type=int, default=n, help="samples per setting (and real pictures in the reference set)")
     p.add_argument("--quick", action="store_true", help="a smoke run of every code path (tiny n, few steps)")
     p.add_argument("--out-dir", type=Path, default=None, help="where JSON and figures go (default docs/results/)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's, all cores)")
+    for flag, name in (checkpoints or {}).items():
+        p.add_argument(flag, default=str(CHECKPOINTS / name))
+    if steps is not None:
+        p.add_argument("--steps", type=int, default=steps)
     return p
+
+
+def parse(p: argparse.ArgumentParser, argv: Sequence[str] | None, quick: Mapping[str, Any] | None = None
+          ) -> argparse.Namespace:
+    """The parsed flags after ``setup``; with --quick, the smoke run's smaller settings ``quick`` replace theirs."""
+    args = p.parse_args(argv)
+    setup(args)
+    if args.quick:
+        for key, value in (quick or {}).items():
+            setattr(args, key, value)
+    return args
 
 
 def setup(args) -> None:

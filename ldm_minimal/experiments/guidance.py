@@ -17,20 +17,8 @@ import sys
 
 import torch
 
-from ldm_minimal.experiments.common import (
-    CHECKPOINTS,
-    base_parser,
-    pyplot,
-    real_floor,
-    sample_in_chunks,
-    sample_quality,
-    save_figure,
-    save_rows,
-    setup,
-    single_objects,
-    timer,
-    write_result,
-)
+from ldm_minimal.experiments.common import (base_parser, parse, pyplot, real_floor, sample_in_chunks, sample_quality,
+                                            save_figure, save_rows, single_objects, timer, write_result)
 from ldm_minimal.latent_diffusion_io import load_ldm
 
 SCALES = (1.0, 1.5, 2.0, 3.0, 5.0, 7.0)
@@ -38,14 +26,9 @@ NAME = "guidance"
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = base_parser(__doc__, n=256)
-    p.add_argument("--checkpoint", default=str(CHECKPOINTS / "shapes32-t2i.safetensors"))
-    p.add_argument("--steps", type=int, default=50)
+    p = base_parser(__doc__, n=256, checkpoints={"--checkpoint": "shapes32-t2i.safetensors"}, steps=50)
     p.add_argument("--scales", type=float, nargs="+", default=list(SCALES))
-    args = p.parse_args(argv)
-    setup(args)
-    if args.quick:
-        args.n, args.steps, args.scales = 16, 4, [1.0, 3.0]
+    args = parse(p, argv, quick=dict(n=16, steps=4, scales=[1.0, 3.0]))
     ldm, _ = load_ldm(args.checkpoint)
     real, _, captions = single_objects(args.n)
     rows, pictures = [], []

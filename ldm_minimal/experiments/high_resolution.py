@@ -25,18 +25,8 @@ import torch
 from ldm_minimal.data.shapes import BACKGROUND
 from ldm_minimal.evaluation.attributes import attribute_accuracy, render_single
 from ldm_minimal.evaluation.metrics import psnr, ssim
-from ldm_minimal.experiments.common import (
-    CHECKPOINTS,
-    TEST_SEED,
-    base_parser,
-    judge,
-    sample_in_chunks,
-    save_rows,
-    setup,
-    single_objects,
-    timer,
-    write_result,
-)
+from ldm_minimal.experiments.common import (TEST_SEED, base_parser, judge, parse, sample_in_chunks, save_rows,
+                                            single_objects, timer, write_result)
 from ldm_minimal.latent_diffusion_io import load_ldm
 from ldm_minimal.pipelines import bicubic_upscale, upscale
 
@@ -58,14 +48,9 @@ def count_objects(x: torch.Tensor, min_pixels: int = 6) -> list[int]:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = base_parser(__doc__, n=128)
-    p.add_argument("--t2i-checkpoint", default=str(CHECKPOINTS / "shapes32-t2i.safetensors"))
-    p.add_argument("--sr-checkpoint", default=str(CHECKPOINTS / "shapes32-sr.safetensors"))
-    p.add_argument("--steps", type=int, default=50)
-    args = p.parse_args(argv)
-    setup(args)
-    if args.quick:
-        args.n, args.steps = 8, 3
+    p = base_parser(__doc__, n=128, steps=50, checkpoints={"--t2i-checkpoint": "shapes32-t2i.safetensors",
+                                                          "--sr-checkpoint": "shapes32-sr.safetensors"})
+    args = parse(p, argv, quick=dict(n=8, steps=3))
     t2i, _ = load_ldm(args.t2i_checkpoint)
     sr, _ = load_ldm(args.sr_checkpoint)
     _, _, captions = single_objects(args.n)

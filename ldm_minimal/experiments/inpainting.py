@@ -25,17 +25,8 @@ import sys
 
 import torch
 
-from ldm_minimal.experiments.common import (
-    CHECKPOINTS,
-    base_parser,
-    sample_in_chunks,
-    sample_quality,
-    save_rows,
-    setup,
-    single_objects,
-    timer,
-    write_result,
-)
+from ldm_minimal.experiments.common import (base_parser, parse, sample_in_chunks, sample_quality, save_rows,
+                                            single_objects, timer, write_result)
 from ldm_minimal.latent_diffusion_io import load_ldm
 from ldm_minimal.lpips import LPIPS
 from ldm_minimal.masks import random_box_mask, random_freeform_mask
@@ -64,17 +55,12 @@ def hole_psnr(y: torch.Tensor, x: torch.Tensor, m: torch.Tensor) -> float:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = base_parser(__doc__, n=256)
-    p.add_argument("--inpaint-checkpoint", default=str(CHECKPOINTS / "shapes32-inpaint.safetensors"))
-    p.add_argument("--t2i-checkpoint", default=str(CHECKPOINTS / "shapes32-t2i.safetensors"))
-    p.add_argument("--steps", type=int, default=50)
+    p = base_parser(__doc__, n=256, steps=50, checkpoints={"--inpaint-checkpoint": "shapes32-inpaint.safetensors",
+                                                          "--t2i-checkpoint": "shapes32-t2i.safetensors"})
     p.add_argument("--world", choices=["single32", "shapes32"], default="single32",
                    help="held-out pictures: single objects (the judge can score them) or the 1-3-object world the "
                         "inpainting model was trained on (FID and LPIPS only)")
-    args = p.parse_args(argv)
-    setup(args)
-    if args.quick:
-        args.n, args.steps = 16, 3
+    args = parse(p, argv, quick=dict(n=16, steps=3))
     ldm_inp, _ = load_ldm(args.inpaint_checkpoint)
     ldm_t2i, _ = load_ldm(args.t2i_checkpoint)
     lpips = LPIPS(backbone="random").eval()

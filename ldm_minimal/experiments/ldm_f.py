@@ -27,20 +27,8 @@ import torch
 
 from ldm_minimal.data.shapes import class_id_for
 from ldm_minimal.experiments import table8
-from ldm_minimal.experiments.common import (
-    RUNS_DIR,
-    base_parser,
-    pyplot,
-    real_floor,
-    sample_in_chunks,
-    sample_quality,
-    save_figure,
-    save_rows,
-    setup,
-    single_objects,
-    timer,
-    write_result,
-)
+from ldm_minimal.experiments.common import (RUNS_DIR, base_parser, pyplot, real_floor, sample_in_chunks, sample_quality,
+                                            save_figure, save_rows, setup, single_objects, timer, write_result)
 from ldm_minimal.latent_diffusion_io import load_ldm
 from ldm_minimal.training import train, train_config
 

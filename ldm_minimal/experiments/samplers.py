@@ -20,19 +20,8 @@ import sys
 
 import torch
 
-from ldm_minimal.experiments.common import (
-    CHECKPOINTS,
-    base_parser,
-    pyplot,
-    real_floor,
-    sample_in_chunks,
-    sample_quality,
-    save_figure,
-    setup,
-    single_objects,
-    timer,
-    write_result,
-)
+from ldm_minimal.experiments.common import (base_parser, parse, pyplot, real_floor, sample_in_chunks, sample_quality,
+                                            save_figure, single_objects, timer, write_result)
 from ldm_minimal.latent_diffusion_io import load_ldm
 
 DDIM_STEPS = (10, 25, 50, 100, 250)
@@ -41,11 +30,9 @@ NAME = "samplers"
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = base_parser(__doc__, n=128)
-    p.add_argument("--checkpoint", default=str(CHECKPOINTS / "shapes32-t2i.safetensors"))
+    p = base_parser(__doc__, n=128, checkpoints={"--checkpoint": "shapes32-t2i.safetensors"})
     p.add_argument("--guidance", type=float, default=1.0)
-    args = p.parse_args(argv)
-    setup(args)
+    args = parse(p, argv)
     settings = [("ddim", s, eta) for eta in ETAS for s in DDIM_STEPS] + [("ddpm", 1000, 1.0)]
     if args.quick:
         args.n, settings = 12, [("ddim", 2, 0.0), ("ddim", 4, 1.0)]  # (DDPM's 1000 steps are no smoke test)

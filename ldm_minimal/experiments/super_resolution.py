@@ -18,18 +18,8 @@ import sys
 import torch
 
 from ldm_minimal.evaluation.metrics import psnr, ssim
-from ldm_minimal.experiments.common import (
-    CHECKPOINTS,
-    base_parser,
-    real_floor,
-    sample_in_chunks,
-    sample_quality,
-    save_rows,
-    setup,
-    single_objects,
-    timer,
-    write_result,
-)
+from ldm_minimal.experiments.common import (base_parser, parse, real_floor, sample_in_chunks, sample_quality, save_rows,
+                                            single_objects, timer, write_result)
 from ldm_minimal.latent_diffusion_io import load_ldm
 from ldm_minimal.lpips import LPIPS
 from ldm_minimal.pipelines import bicubic_upscale, upscale
@@ -44,13 +34,8 @@ def pixel_scores(y: torch.Tensor, x: torch.Tensor, lpips: torch.nn.Module) -> di
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = base_parser(__doc__, n=256)
-    p.add_argument("--checkpoint", default=str(CHECKPOINTS / "shapes32-sr.safetensors"))
-    p.add_argument("--steps", type=int, default=50)
-    args = p.parse_args(argv)
-    setup(args)
-    if args.quick:
-        args.n, args.steps = 16, 3
+    p = base_parser(__doc__, n=256, checkpoints={"--checkpoint": "shapes32-sr.safetensors"}, steps=50)
+    args = parse(p, argv, quick=dict(n=16, steps=3))
     ldm, _ = load_ldm(args.checkpoint)
     lpips = LPIPS(backbone="random").eval()
     x, _, captions = single_objects(args.n)

@@ -30,18 +30,8 @@ import torch
 from ldm_minimal.autoencoder import load_autoencoder
 from ldm_minimal.evaluation.attributes import attribute_accuracy
 from ldm_minimal.evaluation.metrics import ReconstructionMetrics, fid
-from ldm_minimal.experiments.common import (
-    RUNS_DIR,
-    base_parser,
-    judge,
-    pyplot,
-    save_figure,
-    save_rows,
-    setup,
-    single_objects,
-    timer,
-    write_result,
-)
+from ldm_minimal.experiments.common import (RUNS_DIR, base_parser, judge, pyplot, save_figure, save_rows, setup,
+                                            single_objects, timer, write_result)
 from ldm_minimal.lpips import LPIPS
 from ldm_minimal.training import train, train_config
 from ldm_minimal.utils import count_parameters

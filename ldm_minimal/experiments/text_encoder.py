@@ -32,19 +32,8 @@ import torch
 from ldm_minimal.data import caption_for
 from ldm_minimal.data.shapes import COLOUR_NAMES, HELD_OUT_COMBOS, render_sample, shapes_preset
 from ldm_minimal.evaluation.attributes import VOCAB, attribute_accuracy, predict
-from ldm_minimal.experiments.common import (
-    CHECKPOINTS,
-    RUNS_DIR,
-    TEST_SEED,
-    base_parser,
-    judge,
-    pyplot,
-    save_figure,
-    save_rows,
-    setup,
-    timer,
-    write_result,
-)
+from ldm_minimal.experiments.common import (CHECKPOINTS, RUNS_DIR, TEST_SEED, base_parser, judge, pyplot, save_figure,
+                                            save_rows, setup, timer, write_result)
 from ldm_minimal.latent_diffusion_io import load_ldm
 from ldm_minimal.training import train, train_config
 

@@ -25,17 +25,8 @@ from pathlib import Path
 
 import torch
 
-from ldm_minimal.experiments.common import (
-    RESULTS_DIR,
-    RUNS_DIR,
-    base_parser,
-    pyplot,
-    save_figure,
-    setup,
-    single_objects,
-    timer,
-    write_result,
-)
+from ldm_minimal.experiments.common import (RESULTS_DIR, RUNS_DIR, base_parser, pyplot, save_figure, setup,
+                                            single_objects, timer, write_result)
 from ldm_minimal.experiments.ldm_f import class_ids
 from ldm_minimal.latent_diffusion_io import load_ldm
 from ldm_minimal.training import fixed_batch
