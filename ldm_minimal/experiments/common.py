@@ -20,7 +20,7 @@ import time
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 
@@ -136,6 +136,15 @@ def save_rows(rows: Sequence[tuple[str, torch.Tensor]], name: str, out_dir: Path
     """<out_dir>/<name>.png: one labelled row of pictures per (label, images) (``image_io.labeled_rows``)."""
 
     return save_image(labeled_rows(rows, **kwargs), Path(out_dir or RESULTS_DIR) / f"{name}.png")
+
+
+def finish(name: str, result: dict[str, Any], args: argparse.Namespace, argv: Sequence[str] | None,
+           draw: Callable[[dict[str, Any], Path | None], None]) -> dict[str, Any]:
+    """The end of an experiment: docs/results/<name>.json (``write_result``), then its figure ``draw(result,
+    out_dir)``; returns the result."""
+    write_result(name, result, args.out_dir, argv)
+    draw(result, args.out_dir)
+    return result
 
 
 def base_parser(description: str, n: int, checkpoints: Mapping[str, str] | None = None,

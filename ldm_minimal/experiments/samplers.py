@@ -20,8 +20,8 @@ import sys
 
 import torch
 
-from ldm_minimal.experiments.common import (base_parser, parse, pyplot, real_floor, sample_in_chunks, sample_quality,
-                                            save_figure, single_objects, timer, write_result)
+from ldm_minimal.experiments.common import (base_parser, finish, parse, pyplot, real_floor, sample_in_chunks,
+                                            sample_quality, save_figure, single_objects, timer)
 from ldm_minimal.latent_diffusion_io import load_ldm
 
 DDIM_STEPS = (10, 25, 50, 100, 250)
@@ -51,9 +51,7 @@ def main(argv: list[str] | None = None) -> dict:
             row.update(sample_quality(fake, real, captions))
             print(row)
             result["rows"].append(row)
-    write_result(NAME, result, args.out_dir, argv)
-    figure(result, args.out_dir)
-    return result
+    return finish(NAME, result, args, argv, figure)
 
 
 def figure(result: dict, out_dir) -> None:

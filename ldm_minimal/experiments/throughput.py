@@ -25,8 +25,8 @@ from pathlib import Path
 
 import torch
 
-from ldm_minimal.experiments.common import (RESULTS_DIR, RUNS_DIR, base_parser, pyplot, save_figure, setup,
-                                            single_objects, timer, write_result)
+from ldm_minimal.experiments.common import (RESULTS_DIR, RUNS_DIR, base_parser, finish, pyplot, save_figure, setup,
+                                            single_objects, timer)
 from ldm_minimal.experiments.ldm_f import class_ids
 from ldm_minimal.latent_diffusion_io import load_ldm
 from ldm_minimal.training import fixed_batch
@@ -117,9 +117,7 @@ def main(argv: list[str] | None = None) -> dict:
             r["sample_speedup_vs_pixel"] = round(r["sample_images_per_s"] / base["sample_images_per_s"], 2)
     if args.ldm_f_result.exists():
         result["fid_at_equal_wall_time"] = equal_wall_time(json.loads(args.ldm_f_result.read_text()))
-    write_result(NAME, result, args.out_dir, argv)
-    figure(result, args.out_dir)
-    return result
+    return finish(NAME, result, args, argv, figure)
 
 
 def figure(result: dict, out_dir) -> None:
