@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from ldm_minimal.checkpoint import CheckpointError, load_state_into, read_checkpoint
+from ldm_minimal.checkpoint import CheckpointError, check_config_fits, load_state_into, read_checkpoint, read_metadata
 from ldm_minimal.regularizers import DiagonalGaussian, VectorQuantizer
 from ldm_minimal.utils import ChannelsLastOnCPU, check_images, unknown_name_error
 
@@ -477,7 +477,7 @@ def load_autoencoder(path: str | Path, device: torch.device | str = "cpu") -> tu
 
     Weights are cast to float32 (shipped checkpoints are float16). Returns (model in eval mode, metadata).
     """
-    state, meta = read_checkpoint(path)
+    meta = read_metadata(path)
     if meta.get("kind") != "autoencoder":
         raise CheckpointError(f"Checkpoint {path} holds a {meta.get('kind')!r}, not an autoencoder.")
     fields = {f.name for f in dataclasses.fields(AutoencoderConfig)}
@@ -485,7 +485,13 @@ def load_autoencoder(path: str | Path, device: torch.device | str = "cpu") -> tu
     unknown = sorted(set(raw) - fields)
     if unknown:
         raise CheckpointError(f"Checkpoint {path} has config keys this version does not know: {unknown}.")
-    cfg = AutoencoderConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
+    try:
+        cfg = AutoencoderConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"Checkpoint {path} has an autoencoder config this version cannot build ({e}).") from e
+    # the config's model, built on the meta device, must have the file's tensor shapes before any memory is spent
+    check_config_fits(path, lambda: build_autoencoder(cfg), "autoencoder")
+    state, meta = read_checkpoint(path)
     model = build_autoencoder(cfg)
     load_state_into(model, state, path)
     return model.to(device).eval(), meta

@@ -14,7 +14,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Mapping
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -119,10 +119,40 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     return _read(path, tensors=False)[1]
 
 
-def _read(path: str | Path, tensors: bool) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+# The first bytes of the files a user may mistake for a checkpoint of this project: PyTorch's torch.save archives
+# (a zip holding a pickle) and bare pickles (protocol 2-5: 0x80 then the protocol). They are recognised from these
+# bytes, never unpickled. (A safetensors file starts with its 8-byte header length, then "{".)
+PICKLE_SIGNATURES = (b"PK\x03\x04", b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")
+
+
+def check_checkpoint_file(path: str | Path) -> Path:
+    """``path`` if it is a file that may be a safetensors checkpoint, else CheckpointError saying what it is: missing,
+    a folder (suggesting the model.safetensors inside, when there is one), or a PyTorch pickle (never loaded: a pickle
+    can run code)."""
     path = Path(path)
+    if path.is_dir():
+        inside = path / "model.safetensors"
+        hint = (f" Did you mean {inside} (the model a training run exports)?" if inside.is_file()
+                else " Pass the .safetensors file itself (a training run exports DIR/model.safetensors).")
+        raise CheckpointError(f"Checkpoint {path} is a folder, not a checkpoint file.{hint}")
     if not path.is_file():
         raise CheckpointError(f"Checkpoint {path} does not exist. Check the path, or train one first.")
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(9)
+    except OSError as e:
+        raise CheckpointError(f"Checkpoint {path} cannot be read ({e}).") from e
+    if head[8:9] != b"{" and head.startswith(PICKLE_SIGNATURES):
+        raise CheckpointError(
+            f"{path} is not a safetensors checkpoint of this project: it is a PyTorch pickle (torch.save / .pt / "
+            ".ckpt), and pickles are never loaded (unpickling can run arbitrary code). Pass a .safetensors file "
+            "written by ldm-minimal (e.g. a run's model.safetensors)."
+        )
+    return path
+
+
+def _read(path: str | Path, tensors: bool) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    path = check_checkpoint_file(path)
     try:
         state = load_file(str(path)) if tensors else {}
         with safe_open(str(path), framework="pt") as fh:
@@ -141,10 +171,51 @@ def _read(path: str | Path, tensors: bool) -> tuple[dict[str, torch.Tensor], dic
     return state, meta
 
 
-def mismatch_details(missing: list[str], unexpected: list[str], wrong: list[str],
-                     state: dict[str, torch.Tensor], own: dict[str, torch.Tensor]) -> str:
-    """How a state dict read from a file differs from the one a model expects (``own``), in words: the missing and
-    unexpected tensor names and the shape mismatches, a few examples each."""
+def tensor_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
+    """The name and shape of every tensor of a checkpoint, read from the file's header (no tensor data is loaded)."""
+    path = check_checkpoint_file(path)
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            return {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"Checkpoint {path} is truncated or corrupt and cannot be read ({e}).") from e
+
+
+def shape_mismatch(expected: Mapping[str, tuple[int, ...]],
+                   found: Mapping[str, tuple[int, ...]]) -> tuple[list[str], list[str], list[str]]:
+    """(missing, unexpected, wrong-shape) tensor names of ``found`` against ``expected`` (name -> shape)."""
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(found) if tuple(expected[k]) != tuple(found[k]))
+    return missing, unexpected, wrong
+
+
+def check_config_fits(path: str | Path, build: Callable[[], torch.nn.Module], what: str,
+                      state_of: Callable[[Any], Mapping[str, torch.Tensor]] | None = None) -> None:
+    """Raise CheckpointError unless the model ``build()`` makes from a checkpoint's config has exactly the file's tensor
+    names and shapes, BEFORE anything is allocated: the model is built on the meta device (shapes, no memory) and
+    compared with the shapes in the file's header. A config claiming e.g. a width of 200000 fails here in
+    milliseconds instead of allocating the model it describes.
+
+    state_of: the tensors a checkpoint of the model stores (default: its state_dict()).
+    """
+    with torch.device("meta"):
+        model = build()
+    own = state_of(model) if state_of is not None else model.state_dict()
+    expected = {k: tuple(v.shape) for k, v in own.items()}
+    found = tensor_shapes(path)
+    missing, unexpected, wrong = shape_mismatch(expected, found)
+    if missing or unexpected or wrong:
+        raise CheckpointError(
+            f"Checkpoint {path} does not fit the {what} its config describes: "
+            + describe_mismatch(missing, unexpected, wrong, found, expected)
+            + ". The file was edited or written by another version; re-export or re-train it."
+        )
+
+
+def describe_mismatch(missing: list[str], unexpected: list[str], wrong: list[str],
+                      found: Mapping[str, tuple[int, ...]], expected: Mapping[str, tuple[int, ...]]) -> str:
+    """``mismatch_details`` on shapes (name -> shape of the file, name -> shape the model expects)."""
     details = []
     if missing:
         details.append(f"missing {len(missing)} tensors (e.g. {missing[:3]})")
@@ -152,9 +223,17 @@ def mismatch_details(missing: list[str], unexpected: list[str], wrong: list[str]
         details.append(f"unexpected {len(unexpected)} tensors (e.g. {unexpected[:3]})")
     if wrong:
         k = wrong[0]
-        details.append(f"{len(wrong)} shape mismatches (e.g. {k}: file {tuple(state[k].shape)} vs model "
-                       f"{tuple(own[k].shape)})")
+        details.append(f"{len(wrong)} shape mismatches (e.g. {k}: file {tuple(found[k])} vs model "
+                       f"{tuple(expected[k])})")
     return "; ".join(details)
+
+
+def mismatch_details(missing: list[str], unexpected: list[str], wrong: list[str],
+                     state: dict[str, torch.Tensor], own: dict[str, torch.Tensor]) -> str:
+    """How a state dict read from a file differs from the one a model expects (``own``), in words: the missing and
+    unexpected tensor names and the shape mismatches, a few examples each."""
+    return describe_mismatch(missing, unexpected, wrong, {k: tuple(v.shape) for k, v in state.items()},
+                             {k: tuple(v.shape) for k, v in own.items()})
 
 
 def load_state_into(module: torch.nn.Module, state: dict[str, torch.Tensor], path: str | Path) -> None:
@@ -238,6 +317,8 @@ def resolve_checkpoint(path: str | Path | None, kind: str) -> Path:
     which file is missing and how to get it."""
     if path is not None:
         p = Path(path)
+        if p.is_dir():
+            check_checkpoint_file(p)  # a folder: says so, and names the model.safetensors inside
         if not p.is_file():
             raise FileNotFoundError(
                 f"Checkpoint {p} does not exist. Check the path; a latent diffusion checkpoint is the .safetensors "

@@ -45,7 +45,8 @@ LOSS_TYPES = ("mse", "l1")
 def make_beta_schedule(
     name: str, T: int = 1000, beta_start: float = 0.0015, beta_end: float = 0.0195, cosine_s: float = 8e-3
 ) -> torch.Tensor:
-    """The variance schedule beta_1 .. beta_T as a float64 tensor of shape (T,).
+    """The variance schedule beta_1 .. beta_T as a float64 tensor of shape (T,), always on the CPU (so that the
+    schedule is the same under any ambient device context, e.g. the meta device a checkpoint's shapes are checked on).
 
     - ``"scaled_linear"``: linear in sqrt(beta), the LDM default (alpha_bar_T = 1.42e-4 for 0.0015 .. 0.0195).
       NOTE the names: the CompVis reference calls this one ``"linear"`` and calls plain linear ``"sqrt_linear"``
@@ -64,11 +65,11 @@ def make_beta_schedule(
             )
     if name == "scaled_linear":
         # beta_t = (sqrt(b_start) + (t / (T-1)) (sqrt(b_end) - sqrt(b_start)))^2
-        betas = torch.linspace(beta_start**0.5, beta_end**0.5, T, dtype=torch.float64) ** 2
+        betas = torch.linspace(beta_start**0.5, beta_end**0.5, T, dtype=torch.float64, device="cpu") ** 2
     elif name == "linear":
-        betas = torch.linspace(beta_start, beta_end, T, dtype=torch.float64)
+        betas = torch.linspace(beta_start, beta_end, T, dtype=torch.float64, device="cpu")
     elif name == "cosine":
-        steps = torch.arange(T + 1, dtype=torch.float64) / T  # (T+1,) = t / T for t = 0..T
+        steps = torch.arange(T + 1, dtype=torch.float64, device="cpu") / T  # (T+1,) = t / T for t = 0..T
         # alpha_bar(t) = cos^2( (t/T + s) / (1 + s) * pi / 2 )
         alpha_bar = torch.cos((steps + cosine_s) / (1 + cosine_s) * math.pi / 2) ** 2
         # beta_t = 1 - alpha_bar(t) / alpha_bar(t - 1), clipped so that the last steps stay finite
@@ -136,7 +137,7 @@ class GaussianDiffusion(nn.Module):
         # alpha_bar_t = prod_{s <= t} (1 - beta_s)
         alphas_cumprod = torch.cumprod(alphas, dim=0)
         # alpha_bar_{t-1}, with alpha_bar_{-1} = 1 (clean data) before the first step
-        alphas_cumprod_prev = torch.cat([torch.ones(1, dtype=torch.float64), alphas_cumprod[:-1]])
+        alphas_cumprod_prev = torch.cat([torch.ones(1, dtype=torch.float64, device="cpu"), alphas_cumprod[:-1]])
         # DDPM Eq. (7): the posterior q(z_{t-1} | z_t, z_0) = N(mu~_t, beta~_t I) with
         # beta~_t = (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t) * beta_t   ("fixed_small" variance)
         posterior_variance = (1 - alphas_cumprod_prev) / (1 - alphas_cumprod) * betas
@@ -206,7 +207,7 @@ class GaussianDiffusion(nn.Module):
 
     def _table64(self, name: str) -> torch.Tensor:
         abar, betas = self.alphas_cumprod64, self.betas64
-        abar_prev = torch.cat([torch.ones(1, dtype=torch.float64), abar[:-1]])
+        abar_prev = torch.cat([torch.ones(1, dtype=torch.float64, device="cpu"), abar[:-1]])
         if name == "alphas_cumprod":
             return abar
         if name == "sqrt_alphas_cumprod":

@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ldm_minimal.conditioning import build_conditioner
+from ldm_minimal.conditioning import CONDITIONERS, build_conditioner
 from ldm_minimal.conditioning.base import Conditioner, pair
 from ldm_minimal.diffusion import GaussianDiffusion
 from ldm_minimal.guidance import condition_keep_mask
@@ -98,12 +98,14 @@ class LatentDiffusion(nn.Module):
     """A latent diffusion model (paper Sec. 3.2-3.3): frozen (E, D), epsilon_theta, tau_theta and the schedule.
 
     ``LatentDiffusion(cfg)`` builds everything from the config; pass ``first_stage=`` to use an already loaded
-    (trained) autoencoder instead of ``cfg.first_stage``. Buffers: ``scale_factor`` (1.0 until set) and
+    (trained) autoencoder instead of ``cfg.first_stage``, and ``conditioner=`` an already built tau_theta of the kind
+    ``cfg.conditioner`` names (e.g. a frozen pretrained text encoder loaded once). Buffers: ``scale_factor`` (1.0 until set) and
     ``scale_factor_set``; both are saved in the state dict.
     """
 
     def __init__(
-        self, cfg: LatentDiffusionConfig | str = "shapes-uncond", first_stage: nn.Module | None = None
+        self, cfg: LatentDiffusionConfig | str = "shapes-uncond", first_stage: nn.Module | None = None,
+        conditioner: Conditioner | None = None,
     ) -> None:
         super().__init__()
         if isinstance(cfg, str):
@@ -126,8 +128,11 @@ class LatentDiffusion(nn.Module):
         self.image_channels: int = _image_channels(fs)
 
         # ---- tau_theta; what it needs to know about the first stage comes from it, unless given explicitly
-        self.conditioner: Conditioner | None = None
-        if cfg.conditioner is not None:
+        self.conditioner: Conditioner | None = conditioner
+        if conditioner is not None and not isinstance(conditioner, CONDITIONERS.get(cfg.conditioner, ())):
+            raise TypeError(f"conditioner is a {type(conditioner).__name__}, but cfg.conditioner={cfg.conditioner!r} "
+                            "names another kind; pass one built by build_conditioner(cfg.conditioner, ...).")
+        if cfg.conditioner is not None and conditioner is None:
             self.conditioner = build_conditioner(cfg.conditioner, first_stage=fs, **cfg.conditioner_kwargs)
 
         # ---- epsilon_theta, with its in/out channels, context width and class count derived

@@ -15,10 +15,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ldm_minimal.autoencoder import AutoencoderConfig, AutoencoderKL, IdentityFirstStage, VQModel, build_autoencoder
-from ldm_minimal.autoencoder import load_autoencoder
-from ldm_minimal.checkpoint import CheckpointError, mismatch_details, read_checkpoint, read_metadata, save_checkpoint
-from ldm_minimal.checkpoint import to_jsonable
+from ldm_minimal.autoencoder import (AutoencoderConfig, AutoencoderKL, IdentityFirstStage, VQModel, build_autoencoder,
+                                     load_autoencoder)
+from ldm_minimal.checkpoint import (CheckpointError, check_config_fits, mismatch_details, read_checkpoint,
+                                    read_metadata, save_checkpoint, to_jsonable)
+from ldm_minimal.conditioning import CONDITIONERS, build_conditioner
 from ldm_minimal.latent_diffusion import LatentDiffusion
 from ldm_minimal.latent_diffusion_config import LatentDiffusionConfig
 
@@ -65,25 +66,42 @@ def save_ldm(
 
 def load_ldm(path: str | Path, device: torch.device | str = "cpu") -> tuple[LatentDiffusion, dict[str, Any]]:
     """Rebuild a ``LatentDiffusion`` from a file written by ``save_ldm`` (float32, eval mode). Returns (model, meta)."""
-    state, meta = read_checkpoint(path)
+    meta = read_metadata(path)
     if meta.get("kind") != "ldm":
         hint = " Load it with load_autoencoder()." if meta.get("kind") == "autoencoder" else ""
         raise CheckpointError(f"Checkpoint {path} holds a {meta.get('kind')!r}, not a latent diffusion model.{hint}")
     try:
         cfg = LatentDiffusionConfig.from_dict(meta["config"]["ldm"])
         fs_spec = meta["config"]["first_stage"]
-        if fs_spec["kind"] == "identity":
-            first_stage: nn.Module = IdentityFirstStage(int(fs_spec.get("channels", 3)))
-        else:
+        fs_config = None
+        if fs_spec["kind"] != "identity":
             raw = fs_spec["config"]
-            first_stage = build_autoencoder(
-                AutoencoderConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
-            )
-        ldm = LatentDiffusion(cfg, first_stage=first_stage)
+            fs_config = AutoencoderConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
+
+        def first_stage() -> nn.Module:
+            return (IdentityFirstStage(int(fs_spec.get("channels", 3))) if fs_config is None
+                    else build_autoencoder(fs_config))
+
+        # A conditioner whose weights the file does not hold (trainable = False: none at all, or a frozen pretrained
+        # encoder that loads from its own source, which transformers refuses to do on the meta device) is built for
+        # real, once, and shared by the check and the model; what it reads of the first stage is read off a meta one.
+        tau = None
+        if cfg.conditioner is not None and not CONDITIONERS[cfg.conditioner].trainable:
+            with torch.device("meta"):
+                probe = first_stage()
+            tau = build_conditioner(cfg.conditioner, first_stage=probe, **cfg.conditioner_kwargs)
+
+        def build() -> LatentDiffusion:
+            return LatentDiffusion(cfg, first_stage=first_stage(), conditioner=tau)
+
+        # the model the config describes, on the meta device (no memory), must have the file's tensor shapes
+        check_config_fits(path, build, "latent diffusion model", state_of=ldm_state_dict)
+        ldm = build()
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(
             f"Checkpoint {path} has a latent diffusion config this version cannot build ({type(e).__name__}: {e})."
         ) from e
+    state, meta = read_checkpoint(path)
     expected = ldm_state_dict(ldm)
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))

@@ -44,7 +44,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ldm_minimal.checkpoint import CheckpointError, load_state_into, read_checkpoint, save_checkpoint, update_manifest
+from ldm_minimal.checkpoint import CheckpointError, check_config_fits, load_state_into, read_checkpoint, read_metadata
+from ldm_minimal.checkpoint import save_checkpoint, update_manifest
 from ldm_minimal.utils import check_images, count_parameters, unknown_name_error
 
 C = TypeVar("C", bound="ClassifierConfig")
@@ -304,7 +305,7 @@ def load_classifier(path: Path, model_cls: type[M], wrong_kind_hint: str, device
 
     A file of another kind raises a CheckpointError that ends with ``wrong_kind_hint`` (which file to pass instead).
     """
-    state, meta = read_checkpoint(path)
+    meta = read_metadata(path)
     kind = model_cls.CHECKPOINT_KIND
     if meta.get("kind") != kind:
         article = "an" if kind[0] in "aeiou" else "a"
@@ -313,6 +314,8 @@ def load_classifier(path: Path, model_cls: type[M], wrong_kind_hint: str, device
         cfg = model_cls.CONFIG.from_dict(meta["config"])
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"Checkpoint {path} has a config this version cannot build ({e}).") from e
+    check_config_fits(path, lambda: model_cls(cfg), kind)  # shapes first, on the meta device: nothing allocated
+    state, meta = read_checkpoint(path)
     model = model_cls(cfg)
     load_state_into(model, state, path)
     model.checkpoint_meta = meta

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -23,9 +24,14 @@ from ldm_minimal.utils import unknown_name_error
 
 TASKS = ("ae", "ldm")  # the first stage (E, D) or a latent diffusion model on top of a trained one
 PRECISIONS = ("auto", "bf16", "fp32")
-# Fields that may differ between a run and its resumption (they do not change the loss trajectory).
+# Fields that may differ between a run and its resumption. All but lr leave the loss trajectory unchanged; lr may
+# only be lowered (what the NaN stop advises), and the trainer records the change with the step it took effect.
 RESUMABLE_CHANGES = {"steps", "log_every", "sample_every", "ckpt_every", "keep_checkpoints", "num_workers",
-                     "progress", "num_threads"}
+                     "progress", "num_threads", "lr"}
+RECORDED_CHANGES = ("lr",)  # resumable changes that alter the trajectory: written to config.json's "changes"
+# Numeric fields that must be finite numbers (a NaN --grad-clip would silently switch clipping off).
+FINITE_FIELDS = ("lr", "weight_decay", "warmup", "grad_clip", "ema_decay", "perceptual_weight", "kl_weight",
+                 "codebook_weight", "disc_start", "disc_weight", "disc_ramp", "sample_guidance")
 
 
 @dataclass
@@ -77,6 +83,15 @@ class TrainConfig:
         if self.task not in TASKS:
             raise unknown_name_error("training task", self.task, TASKS)
         self.betas = tuple(float(b) for b in self.betas)  # type: ignore[assignment]
+        for name in FINITE_FIELDS:
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value)):
+                raise ValueError(f"{name} must be a finite number, got {value!r} (--{name.replace('_', '-')}).")
+        for name in ("weight_decay", "warmup", "grad_clip", "perceptual_weight", "kl_weight", "codebook_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)} (--{name.replace('_', '-')}).")
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"betas must be two numbers in [0, 1) (e.g. --betas 0.9 0.999), got {self.betas}.")
         for name in ("steps", "batch_size", "log_every", "sample_every", "ckpt_every", "keep_checkpoints"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
@@ -192,20 +207,25 @@ def train_config(preset: str | None = None, task: str = "ldm", **overrides: Any)
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Resuming: a resumed run continues the same trajectory, so only bookkeeping fields may change.
+# Resuming: a resumed run continues the same trajectory, so only bookkeeping fields (and a lower lr) may change.
 # ----------------------------------------------------------------------------------------------------------------
 
 
 def check_resumable(stored: Mapping[str, Any], new: Mapping[str, Any]) -> None:
     """Raise RunFolderError naming every setting that differs between a run and its resumption, except those in
-    RESUMABLE_CHANGES (a resumed run cannot change what it learns)."""
+    RESUMABLE_CHANGES (a resumed run cannot change what it learns; lr may only go down)."""
     changed = sorted(k for k in set(stored) | set(new)
                      if k not in RESUMABLE_CHANGES and stored.get(k) != new.get(k))
+    if "lr" in stored and "lr" in new and float(new["lr"]) > float(stored["lr"]):
+        raise RunFolderError(
+            f"--resume: lr: run has {stored['lr']!r}, given {new['lr']!r}. A resumed run may lower --lr (e.g. after "
+            "the loss diverged), not raise it; start a new run in another folder for a larger learning rate."
+        )
     if changed:
         detail = ", ".join(f"{k}: run has {stored.get(k)!r}, given {new.get(k)!r}" for k in changed)
         raise RunFolderError(
             f"--resume: {detail}. A resumed run keeps its settings (only {', '.join(sorted(RESUMABLE_CHANGES))} "
-            "may change); start a new run in another folder to change them."
+            "may change, lr only downwards); start a new run in another folder to change them."
         )
 
 

@@ -18,7 +18,8 @@ What every run gets (the practice of the reference and of most diffusion codebas
   written in a temporary folder that is renamed into place, so a crash never leaves a half-written checkpoint;
 - ``--resume`` continues from the newest checkpoint exactly: data order, noise and dropout draws are pure
   functions of (seed, step, rank) or restored generator states, so the resumed loss trajectory is the
-  uninterrupted one, bit for bit on the CPU;
+  uninterrupted one, bit for bit on the CPU; the one change a resumption may make to what is learnt is a lower
+  ``--lr`` (after a divergence), recorded in config.json's "changes" with the step it took effect;
 - a NaN or infinite loss stops the run with the step named; the last good checkpoint is kept;
 - DDP under ``torchrun`` (``training.distributed``). Each rank reads its own slice of every global batch.
 """
@@ -38,7 +39,7 @@ from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
 from ldm_minimal.checkpoint import save_checkpoint, sha256_of, to_jsonable
-from ldm_minimal.training.config import TrainConfig, check_resumable
+from ldm_minimal.training.config import RECORDED_CHANGES, TrainConfig, check_resumable
 from ldm_minimal.training.data import fixed_batch, step_loader
 from ldm_minimal.training.distributed import barrier, init_distributed, ranks_in_sync, shutdown
 from ldm_minimal.training.run import (
@@ -99,9 +100,7 @@ class Trainer:
                 f"processes; use a multiple of {self.world_size}."
             )
         self.bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and self.device.type == "cuda")
-        prepare_run_folder(self.out, resume=resume, overwrite=overwrite, is_main=self.is_main)
-        if not resume:
-            barrier(self.world_size)
+        self.changes: list[dict[str, Any]] = []  # recorded setting changes of this resumption (RECORDED_CHANGES)
 
         torch.manual_seed(cfg.seed)
         self.generator = torch.Generator(self.device).manual_seed(cfg.seed * 1000 + self.rank)  # noise, dropout, t
@@ -114,6 +113,11 @@ class Trainer:
             self.ema = AveragedModel(self.task.trainable, avg_fn=ema_avg_fn(cfg.ema_decay), use_buffers=False)
             self.ema.requires_grad_(False)
         self.optimizers = self.task.optimizers(cfg.lr, cfg.betas, cfg.weight_decay)
+        # The folder is checked (and, with --overwrite, cleared) only now that the model, its first stage and the
+        # data are known to build: a bad input never costs the user the run already in --out.
+        prepare_run_folder(self.out, resume=resume, overwrite=overwrite, is_main=self.is_main, task=cfg.task)
+        if not resume:
+            barrier(self.world_size)
         if resume:
             self._load_latest()
         net = self.task.network
@@ -150,6 +154,10 @@ class Trainer:
                 write_json(self.out / "config.json", {
                     "command": self.command, "train": cfg.to_dict(), "model": to_jsonable(self.task.model_config),
                     "world": self.task.world, "resolution": self.task.resolution, "world_size": self.world_size})
+            if self.changes:
+                record = json.loads((self.out / "config.json").read_text())
+                record["changes"] = [*record.get("changes", []), *self.changes]
+                write_json(self.out / "config.json", record)
         self.task.before_training(cfg)
         start = self.step
         if start >= cfg.steps:
@@ -174,8 +182,9 @@ class Trainer:
                     last = self.latest_checkpoint()
                     kept = f"The last good checkpoint is kept: {last}." if last else "No checkpoint was written yet."
                     raise TrainingDiverged(
-                        f"The loss became {float(loss.detach())} at step {self.step + 1} of {self.out}. {kept} Lower "
-                        f"--lr (now {cfg.lr:g}) or raise --warmup, then --resume (or start afresh with --overwrite)."
+                        f"The loss became {float(loss.detach())} at step {self.step + 1} of {self.out}. {kept} Resume "
+                        f"with a lower learning rate (--resume --lr, now {cfg.lr:g}), or start afresh with "
+                        "--overwrite and a longer --warmup."
                     )
                 if self.ema is not None:
                     self.ema.update_parameters(self.task.trainable)
@@ -301,6 +310,11 @@ class Trainer:
     def _load_latest(self) -> None:
         ckpt, state = read_latest_state(self.out)
         check_resumable(state["train"], self.cfg.to_dict())
+        for name in RECORDED_CHANGES:
+            before, now = state["train"].get(name), getattr(self.cfg, name)
+            if before != now:  # takes effect from the update after the checkpoint's step
+                self.changes.append({"setting": name, "from": before, "to": now, "after_step": int(state["step"]),
+                                     "command": self.command})
         tensors = read_train_state(ckpt, state)
         self.task.load_model_state(with_prefix(tensors, "model"), ckpt / "train_state.safetensors")
         for prefix, module in self.task.extra_states().items():

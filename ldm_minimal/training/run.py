@@ -1,6 +1,7 @@
 """The run folder on disk: what it holds, its checkpoints (written atomically), and reading them back for --resume.
 
     runs/t2i/
+        .ldm-minimal-run     the run marker {"format", "task", "created"}: --overwrite deletes only a marked folder
         config.json          the command, the TrainConfig, the model config, world and resolution
         metrics.jsonl        one JSON row every log_every steps
         samples/             step_XXXXXXX.png preview grids (EMA weights)
@@ -18,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -27,30 +29,103 @@ from torch import Tensor
 from ldm_minimal.checkpoint import CheckpointError, atomic_write_bytes, read_checkpoint, sha256_of, to_jsonable
 
 RUN_FILES = ("config.json", "metrics.jsonl", "summary.json", "model.safetensors", "samples", "checkpoints")
+# Written when a run folder is created: what tells this project's runs from other folders. --overwrite deletes only
+# a folder that carries it (a folder such as data/, whose checkpoints/ holds the shipped models, is never a run).
+RUN_MARKER = ".ldm-minimal-run"
+MARKER_FORMAT = "ldm-minimal-run"
 
 
 class RunFolderError(RuntimeError):
     """The output folder holds another run (and neither --resume nor --overwrite was given), or cannot resume."""
 
 
-def prepare_run_folder(out: Path, *, resume: bool, overwrite: bool, is_main: bool) -> None:
-    """Check that ``out`` may hold this run: a run to resume needs checkpoints/, a new run needs an empty folder
-    (or ``overwrite``, which deletes the old run's files; only the main process deletes)."""
+def is_run_folder(out: Path) -> bool:
+    """Whether ``out`` carries this project's run marker (a run made by ``python -m ldm_minimal train``)."""
+    try:
+        doc = json.loads((out / RUN_MARKER).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(doc, dict) and doc.get("format") == MARKER_FORMAT
+
+
+def write_run_marker(out: Path, task: str, note: str | None = None) -> None:
+    """The marker file of a run folder: {"format", "task", "created"} (plus a note when written later)."""
+    doc: dict[str, Any] = {"format": MARKER_FORMAT, "task": task,
+                           "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    if note:
+        doc["note"] = note
+    write_json(out / RUN_MARKER, doc)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists on this machine (a pid reused by another process counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(out: Path) -> list[Path]:
+    """Delete checkpoints/.tmp-step_XXXXXXX-<pid>/ folders left by processes that were killed while writing a
+    checkpoint. The folder of a process that is still alive (another writer, or this one) is kept."""
+    removed = []
+    for tmp in sorted((out / "checkpoints").glob(".tmp-step_*-*")):
+        pid = tmp.name.rsplit("-", 1)[-1]
+        if not tmp.is_dir() or not pid.isdigit() or int(pid) == os.getpid() or pid_alive(int(pid)):
+            continue
+        shutil.rmtree(tmp, ignore_errors=True)
+        removed.append(tmp)
+    return removed
+
+
+def describe_entries(out: Path, limit: int = 6) -> str:
+    """The entries of a folder, for messages: "a, b/, c and 3 more"."""
+    names = sorted(p.name + ("/" if p.is_dir() else "") for p in out.iterdir())
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def prepare_run_folder(out: Path, *, resume: bool, overwrite: bool, is_main: bool, task: str) -> None:
+    """Check that ``out`` may hold this run, before any work starts, and mark it as a run folder (RUN_MARKER).
+
+    - resume: ``out`` needs checkpoints/. A run made before run markers existed gets its marker now.
+    - new run: ``out`` must hold none of RUN_FILES, or carry the marker and ``overwrite`` (which deletes the old
+      run's files, and only those). A folder that holds run-like files without the marker is not a run of this
+      project: it is refused, never deleted.
+
+    Stale temporary checkpoint folders of killed processes are removed either way. Only the main process writes.
+    """
     existing = [n for n in RUN_FILES if (out / n).exists()]
+    marked = is_run_folder(out)
     if resume:
         if not (out / "checkpoints").is_dir():
             raise RunFolderError(f"--resume: {out} holds no checkpoints/ folder to resume from. "
                                  "Start the run without --resume.")
+        if is_main:
+            remove_stale_temporaries(out)
+            if not marked:
+                write_run_marker(out, task, note="marker added when a run made without one was resumed")
         return
+    if existing and not marked:
+        raise RunFolderError(
+            f"{out} is not a run made by this project (it has no {RUN_MARKER} marker) but holds "
+            f"{describe_entries(out)}. Nothing was deleted. Choose another --out folder; if it really is an older "
+            f"run of ldm-minimal, continue it with --resume or delete it yourself."
+        )
     if existing and not overwrite:
         raise RunFolderError(
             f"{out} already holds a run ({', '.join(existing)}). Pass --resume to continue it, --overwrite "
             "to replace it, or choose another --out folder."
         )
-    if existing and is_main:
+    if is_main:
         for n in existing:
             p = out / n
             shutil.rmtree(p) if p.is_dir() else p.unlink()
+        out.mkdir(parents=True, exist_ok=True)
+        write_run_marker(out, task)
 
 
 def find_checkpoints(out_dir: str | Path) -> list[Path]:

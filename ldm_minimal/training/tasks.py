@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ldm_minimal.autoencoder import AutoencoderConfig, autoencoder_config, build_autoencoder
+from ldm_minimal.autoencoder import AUTOENCODER_PRESETS, AutoencoderConfig, autoencoder_config, build_autoencoder
 from ldm_minimal.checkpoint import CheckpointError, load_state_into, save_checkpoint, sha256_of
 from ldm_minimal.image_io import image_grid
 from ldm_minimal.latent_diffusion import LatentDiffusion
@@ -215,7 +215,7 @@ class LDMTask(Task):
         if cfg.first_stage is not None:
             overrides["first_stage"] = str(cfg.first_stage)
         mcfg = ldm_config(cfg.model, **overrides)
-        if mcfg.first_stage != "identity" and not Path(mcfg.first_stage).suffix == ".safetensors":
+        if mcfg.first_stage in AUTOENCODER_PRESETS:  # a path (safetensors or not) is checked when it is loaded
             raise ValueError(
                 f"The latent diffusion model needs a TRAINED first stage, but first_stage is {mcfg.first_stage!r} "
                 "(random weights). Train one with `python -m ldm_minimal train ae --out runs/ae` and pass "
