@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m ldm_minimal demo
+	$(PY) -m ldm_minimal demo --overwrite
 
 # unit tests, then every notebook of solutions/ and notebooks/ executed by nbval (2 workers, one torch thread each)
 test: $(STAMP)

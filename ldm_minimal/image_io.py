@@ -31,6 +31,7 @@ __all__ = [
     "save_image",
     "load_image",
     "load_mask",
+    "WIDE_GREY_MODES",
     "labeled_rows",
     "stack_pictures",
 ]
@@ -92,6 +93,17 @@ def _open_image(path: str | Path, what: str) -> Any:
     return im
 
 
+# PIL modes of grey pictures with more than 8 bits (16-bit PNGs open as "I;16" or "I"), read on a 0..65535 scale
+WIDE_GREY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def _unit_grey(im: Any) -> np.ndarray:
+    """A grey PIL image -> (H, W) float32 in [0, 1]: 16-bit (and 32-bit integer) values on 0..65535, else 0..255."""
+    if im.mode in WIDE_GREY_MODES:
+        return np.clip(np.asarray(im, dtype=np.float64) / 65535.0, 0.0, 1.0).astype(np.float32)
+    return np.asarray(im.convert("L"), dtype=np.float32) / 255.0
+
+
 def load_image(path: str | Path, size: int | tuple[int, int] | None = None) -> Tensor:
     """An image file -> (1, 3, H, W) float32 in [-1, 1]. Transparency is composited onto white.
 
@@ -100,6 +112,17 @@ def load_image(path: str | Path, size: int | tuple[int, int] | None = None) -> T
     from PIL import Image  # optional heavy dependency
 
     im = _open_image(path, "image")
+    if im.mode in WIDE_GREY_MODES:  # 16-bit (or 32-bit integer) grey: convert("RGB") would clip it to white
+        grey = _unit_grey(im)  # (H, W) float32 in [0, 1]
+        if size is not None:
+            h, w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+            if h < 1 or w < 1:
+                raise GenerationError(f"size must be positive, got {size!r}.")
+            if grey.shape != (h, w):
+                resized = Image.fromarray(grey).resize((w, h), Image.Resampling.BICUBIC)
+                grey = np.clip(np.asarray(resized, dtype=np.float32), 0.0, 1.0)
+        x = torch.from_numpy(np.ascontiguousarray(grey)) * 2.0 - 1.0  # (H, W) in [-1, 1]
+        return x.expand(3, -1, -1).clone()[None]  # (1, 3, H, W)
     if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
         rgba = im.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -127,7 +150,7 @@ def load_mask(path: str | Path, like: Tensor | tuple[int, int]) -> Tensor:
             f"The mask {path} is {im.size[1]}x{im.size[0]} (HxW) but the image is {h}x{w}: draw the mask at the "
             f"image's size (or resize it to {w}x{h} with nearest-neighbour filtering, which keeps it black/white)."
         )
-    v = torch.from_numpy(np.asarray(im.convert("L"), dtype=np.float32) / 255.0)  # (H, W) in [0, 1]
+    v = torch.from_numpy(_unit_grey(im))  # (H, W) in [0, 1] (16-bit masks too)
     m = (v >= 0.5).float()  # 1 = hole
     if not bool(m.any()):
         raise GenerationError(

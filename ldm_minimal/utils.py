@@ -1,4 +1,4 @@
-"""Small shared helpers: device choice, mixed precision and input checks.
+"""Small shared helpers: device choice, mixed precision, input checks (devices, seeds, output folders).
 
 Nothing here is specific to one paper concept; every module may import it.
 """
@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import tempfile
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -26,6 +27,89 @@ def default_device() -> torch.device:
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def resolve_device(spec: torch.device | str | None, flag: str = "--device") -> torch.device:
+    """A device given by the user -> torch.device, checked to exist on this machine (None or "auto": the best one).
+
+    Raises a ValueError whose one line names the problem and the fix: an unknown name ("bogus"), or a device that
+    this machine lacks (e.g. "cuda" without CUDA, "cuda:3" with one GPU). ``flag`` names the setting in messages.
+    """
+    if spec is None or (isinstance(spec, str) and spec.strip().lower() == "auto"):
+        return default_device()
+    if isinstance(spec, torch.device):
+        dev = spec
+    else:
+        try:
+            dev = torch.device(str(spec).strip())
+        except (RuntimeError, ValueError, TypeError):
+            raise ValueError(
+                f"{flag} {spec!r} is not a device name. Use auto (the best available), cpu, cuda, cuda:0 or mps."
+            ) from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{flag} {spec} was asked for, but CUDA is not available on this machine (no GPU or a "
+                             "CPU-only PyTorch). Use --device cpu, or --device auto to pick the best available.")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"{flag} {spec}: this machine has {torch.cuda.device_count()} CUDA device(s) (cuda:0.."
+                             f"cuda:{torch.cuda.device_count() - 1}). Use one of them, or --device auto.")
+    elif dev.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise ValueError(f"{flag} {spec} was asked for, but Apple's MPS is not available on this machine. Use "
+                             "--device cpu, or --device auto to pick the best available.")
+    elif dev.type != "cpu":
+        backend = getattr(torch, dev.type, None)
+        if backend is None or not hasattr(backend, "is_available") or not backend.is_available():
+            raise ValueError(f"{flag} {spec}: no {dev.type} device is available on this machine. Use --device cpu, "
+                             "or --device auto to pick the best available.")
+    return dev
+
+
+# the seeds torch.Generator.manual_seed accepts (negative ones wrap around modulo 2**64)
+SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1
+
+
+def check_seed(seed: object, flag: str = "seed") -> int:
+    """``seed`` checked to be an integer that torch.Generator.manual_seed accepts -> int, else a one-line ValueError."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise ValueError(f"{flag} must be an integer, got {seed!r}.")
+    if not SEED_MIN <= int(seed) <= SEED_MAX:
+        raise ValueError(f"{flag} {seed} is out of range: a seed must lie in 0..2**64-1 = {SEED_MAX} (negative "
+                         f"seeds down to -2**63 also work). Use a smaller number, e.g. {int(seed) % 2**63}.")
+    return int(seed)
+
+
+def check_writable_folder(folder: str | Path, flag: str = "--out") -> Path:
+    """Check that ``folder`` can be created and written to, before any work: a probe file is written and removed,
+    and folders this check had to create are removed again (the real writes create them). -> the folder as a Path.
+
+    Raises a ValueError naming the folder, the problem and the fix.
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{flag} {folder} is a file, not a folder. Choose a folder path instead.")
+    created: list[Path] = []
+    try:
+        missing = [p for p in [folder, *folder.parents] if not p.exists()]
+        for p in reversed(missing):  # outermost first
+            if p.is_file():
+                raise NotADirectoryError(f"{p} is a file")
+            p.mkdir()
+            created.append(p)
+        fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=folder)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as e:
+        raise ValueError(f"{flag} {folder} cannot be written ({e.strerror or e}). Choose a folder you can write to, "
+                         "or fix its permissions.") from None
+    finally:
+        for p in reversed(created):  # innermost first; only the empty folders this check made
+            try:
+                p.rmdir()
+            except OSError:
+                pass
+    return folder
 
 
 def autocast(device: torch.device | str, enabled: bool = True) -> contextlib.AbstractContextManager:

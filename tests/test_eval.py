@@ -211,3 +211,34 @@ def test_shipped_quality_of_class_and_layout_models_reads_the_judge(kind, tmp_pa
     assert result["n"] == 3 and result["ddim_steps"] == 2
     keys = {"shape", "colour", "shape_and_colour"} | ({"size", "position", "all"} if kind == "layout" else set())
     assert set(result["judge"]) == keys and all(0.0 <= v <= 1.0 for v in result["judge"].values())
+
+
+def test_eval_of_a_sample_folder_reads_only_the_samples(t2i_ckpt, tmp_path, capsys):
+    folder = tmp_path / "samples"
+    assert cli(["sample", "--checkpoint", str(t2i_ckpt), "--prompt", "a large red circle in the center", "--n", "4",
+                "--steps", "1", "--out", str(folder)]) == 0
+    capsys.readouterr()
+    out = tmp_path / "r.json"
+    code, _, err = run_cli(capsys, "--images", folder, "--world", "single32", "--n", 4, "--out", out)
+    assert code == 0, err
+    src = json.loads(out.read_text())["source"]
+    assert src["pictures_used"] == 4 and src["left_out"] == ["grid.png"] and src["last"] == "sample_003.png"
+    assert "read 4 pictures" in err and "grid.png" in err
+    # without a samples.json, files named grid.png / panel.png are still left out
+    (folder / "samples.json").unlink()
+    (folder / "sample_003.png").rename(folder / "panel.png")
+    with pytest.raises(EvaluationError, match=r"holds 3 sample pictures \(left out: grid.png, panel.png\).*--n 3"):
+        evaluate(folder, "single32", n=4)
+
+
+def test_eval_bad_device_seed_and_out_are_one_line_errors(t2i_ckpt, tmp_path, capsys):
+    base = ["--checkpoint", t2i_ckpt, "--world", "single32", "--n", 4, "--steps", 1]
+    code, _, err = run_cli(capsys, *base, "--device", "bogus", "--out", tmp_path / "a.json")
+    assert code == 1 and "--device 'bogus' is not a device name" in err and err.count("\n") == 1
+    code, _, err = run_cli(capsys, *base, "--seed", 2**70, "--out", tmp_path / "a.json")
+    assert code == 1 and "out of range" in err
+    (tmp_path / "file").write_text("x")
+    code, _, err = run_cli(capsys, *base, "--out", tmp_path / "file" / "a.json")
+    assert code == 1 and "The folder of --out" in err and "is a file, not a folder" in err
+    with pytest.raises(ValueError, match="not a device name"):
+        evaluate(t2i_ckpt, "single32", n=4, steps=1, device="bogus")

@@ -284,3 +284,137 @@ def test_run_demo_writes_one_picture(ckpts, tmp_path):
     assert torch.get_num_threads() == threads  # the demo's thread setting is undone
     with pytest.raises(GenerationError, match="Unknown demo checkpoint key"):
         run_demo(tmp_path / "demo3", {"text": ckpts["t2i"]})
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# user input checked before any work, nothing lost (probe fixes)
+
+
+def test_demo_refuses_to_replace_an_earlier_demo_unless_overwrite(ckpts, tmp_path):
+    cks = {"t2i": ckpts["t2i"], "inpaint": ckpts["inpaint"], "sr": ckpts["sr"], "emoji": ckpts["t2i"]}
+    out = tmp_path / "demo"
+    run_demo(out, cks, steps=1)
+    (out / "demo.png").write_bytes(b"mine")
+    with pytest.raises(FileExistsError, match=r"already holds demo\.png, t2i\.png.*--overwrite"):
+        run_demo(out, cks, steps=1)
+    assert (out / "demo.png").read_bytes() == b"mine"  # untouched
+    # --overwrite replaces them, and removes the earlier run's emoji.png that this run does not make
+    res = run_demo(out, {k: cks[k] for k in ("t2i", "inpaint", "sr")} | {"emoji": None}, steps=1, overwrite=True)
+    assert (out / "demo.png").read_bytes() != b"mine" and not (out / "emoji.png").exists()
+    assert set(res["parts"]) == {"t2i", "inpaint", "upscale"}
+    # the command has the flag (and keeps its others)
+    from ldm_minimal.cli import build_parser
+    args = build_parser().parse_args(["demo", "--out", str(out), "--steps", "2", "--threads", "1", "--overwrite"])
+    assert args.overwrite and args.steps == 2 and args.threads == 1 and args.device == "auto"
+
+
+def test_overwrite_removes_the_earlier_runs_extra_samples_only(parser, ckpts, tmp_path):
+    out = tmp_path / "s"
+    sample_t2i(parser, ckpts, out)  # 2 prompts x 2 samples: sample_000..003
+    (out / "notes.txt").write_text("mine")
+    (out / "photo.png").write_bytes(b"mine")
+    assert run(parser, "sample", "--checkpoint", ckpts["t2i"], "--prompt", PROMPTS[0], "--n", "1", "--steps", "1",
+               "--out", out, "--overwrite") == 0
+    left = sorted(p.name for p in out.iterdir())
+    assert left == ["grid.png", "notes.txt", "photo.png", "sample_000.png", "samples.json"], left
+    assert [f["file"] for f in json.loads((out / "samples.json").read_text())["files"]] == ["sample_000.png"]
+
+
+def test_large_pictures_are_refused_before_any_work_unless_allowed(parser, ckpts, tmp_path):
+    missing = tmp_path / "no-such.safetensors"  # the limit is checked before the checkpoint is even looked at
+    with pytest.raises(SystemExit, match=r"--size 100000 is 100000x100000 pixels.*limit of 128 px.*--allow-large"):
+        run(parser, "sample", "--checkpoint", missing, "--prompt", PROMPTS[0], "--size", "100000",
+            "--out", tmp_path / "x")
+    big = tmp_path / "big.png"
+    Image.fromarray(np.zeros((2048, 2048, 3), dtype=np.uint8)).save(big)
+    # the image commands check the model's kind first (a quick load), then the image, before any sampling
+    with pytest.raises(SystemExit, match=r"--image .*big.png is 2048x2048 pixels.*limit of 32 px.*--allow-large"):
+        run(parser, "upscale", "--checkpoint", ckpts["sr"], "--image", big, "--out", tmp_path / "u")
+    with pytest.raises(SystemExit, match=r"2048x2048 pixels.*limit of 128 px.*--allow-large"):
+        run(parser, "inpaint", "--checkpoint", ckpts["inpaint"], "--image", big, "--mask", big, "--out", tmp_path / "i")
+    assert not any((tmp_path / d).exists() for d in ("x", "u", "i"))
+    # lifted by the flag: the next check (the missing checkpoint) is reached
+    with pytest.raises(SystemExit, match="no-such.safetensors"):
+        run(parser, "sample", "--checkpoint", missing, "--prompt", PROMPTS[0], "--size", "160", "--allow-large",
+            "--out", tmp_path / "x")
+    assert "--allow-large" in parser._subparsers._group_actions[0].choices["sample"].format_help()
+
+
+def test_16_bit_grey_png_loads_with_its_values(tmp_path):
+    ramp = np.linspace(0, 65535, 32 * 32).reshape(32, 32).astype(np.uint16)
+    path = tmp_path / "grey16.png"
+    Image.fromarray(ramp).save(path)
+    assert Image.open(path).mode in ("I;16", "I")
+    x = load_image(path)
+    assert x.shape == (1, 3, 32, 32)
+    want = torch.from_numpy(ramp.astype(np.float32) / 65535 * 2 - 1)
+    assert torch.allclose(x[0, 0], want, atol=1e-5) and torch.equal(x[0, 0], x[0, 2])
+    assert float(x.min()) == -1.0 and float(x.max()) == 1.0  # not pure white
+    assert load_image(path, size=16).shape == (1, 3, 16, 16)
+    # a 16-bit mask: white half = the hole
+    half = np.zeros((32, 32), dtype=np.uint16)
+    half[:, 16:] = 65535
+    Image.fromarray(half).save(tmp_path / "mask16.png")
+    assert int(load_mask(tmp_path / "mask16.png", x).sum()) == 32 * 16
+
+
+def test_non_finite_samples_are_never_written(parser, ckpts, tmp_path, monkeypatch):
+    # with a trained model, guidance 1e38 overflows eps_u + s (eps_c - eps_u) to NaN (tried by hand on the shipped
+    # one); the micro model's eps_c - eps_u is exactly 0, so its sampler's output is made NaN here
+    from ldm_minimal.latent_diffusion import LatentDiffusion
+    real_sample = LatentDiffusion.sample
+    monkeypatch.setattr(LatentDiffusion, "sample", lambda self, *a, **k: real_sample(self, *a, **k) * float("nan"))
+    Image.fromarray(np.full((32, 32, 3), 128, dtype=np.uint8)).save(tmp_path / "img.png")
+    hole = np.zeros((32, 32), dtype=np.uint8)
+    hole[8:24, 8:24] = 255
+    Image.fromarray(hole).save(tmp_path / "mask.png")
+    for cmd in (["sample", "--checkpoint", ckpts["t2i"], "--prompt", PROMPTS[0]],
+                ["inpaint", "--checkpoint", ckpts["inpaint"], "--image", tmp_path / "img.png",
+                 "--mask", tmp_path / "mask.png"]):
+        out = tmp_path / f"nan-{cmd[0]}"
+        with pytest.raises(SystemExit, match=r"NaN or infinite.*no picture is written.*guidance scale 1e\+38 is the"):
+            run(parser, *cmd, "--n", "1", "--steps", "2", "--guidance", "1e38", "--out", out)
+        assert not out.exists() or not any(out.iterdir())
+    with pytest.raises(SystemExit, match=r"NaN or infinite"):
+        run(parser, "upscale", "--checkpoint", ckpts["sr"], "--image", tmp_path / "img.png", "--n", "1", "--steps", "1",
+            "--out", tmp_path / "nan-upscale")
+    assert not (tmp_path / "nan-upscale").exists()
+
+
+def test_unknown_prompt_words_warn_naming_them_and_the_vocabulary(ckpts):
+    ldm, _ = load_ldm(ckpts["t2i"])
+    assert ldm.conditioner.unknown_words("빨간 원") == ["빨간", "원"]
+    assert ldm.conditioner.unknown_words(PROMPTS[0]) == []
+    with pytest.warns(UserWarning, match=r"'빨간', '원' are unknown.*as if unconditional.*data/tokenizers/shapes\.json"):
+        text_to_image(ldm, ["빨간 원"], steps=1)
+    with pytest.warns(UserWarning, match=r"'reddish' is unknown.*ignored"):
+        text_to_image(ldm, ["a large reddish circle"], steps=1)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        text_to_image(ldm, PROMPTS, steps=1)  # known words: no warning
+
+
+def test_bad_device_seed_and_out_are_one_line_errors_before_any_work(parser, ckpts, tmp_path, monkeypatch):
+    missing = tmp_path / "no-such.safetensors"  # every check below comes before the checkpoint is looked at
+    base = ["sample", "--checkpoint", missing, "--prompt", PROMPTS[0]]
+    with pytest.raises(SystemExit, match=r"--device 'bogus' is not a device name.*cpu"):
+        run(parser, *base, "--device", "bogus", "--out", tmp_path / "a")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for cmd in (base, ["upscale", "--checkpoint", missing, "--image", missing],
+                ["inpaint", "--checkpoint", missing, "--image", missing, "--mask", missing]):
+        with pytest.raises(SystemExit, match=r"--device cuda was asked for, but CUDA is not available"):
+            run(parser, *cmd, "--device", "cuda", "--out", tmp_path / "a")
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        run_demo(tmp_path / "d", {"t2i": ckpts["t2i"], "inpaint": ckpts["inpaint"], "sr": ckpts["sr"]},
+                 device="cuda")
+    with pytest.raises(SystemExit, match=r"--seed 1180591620717411303424 is out of range"):
+        run(parser, *base, "--seed", str(2**70), "--out", tmp_path / "a")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(SystemExit, match=r"--out .*file/sub cannot be written"):
+        run(parser, *base, "--out", tmp_path / "file" / "sub")
+    with pytest.raises(ValueError, match="--out .*file/sub cannot be written"):
+        run_demo(tmp_path / "file" / "sub", {"t2i": ckpts["t2i"], "inpaint": ckpts["inpaint"], "sr": ckpts["sr"]})
+    assert not (tmp_path / "a").exists() and not (tmp_path / "d").exists()
+    with pytest.raises(GenerationError, match="out of range"):
+        text_to_image(load_ldm(ckpts["t2i"])[0], PROMPTS, steps=1, seed=2**64)

@@ -1,10 +1,11 @@
 """The ``demo`` command: the course in one picture, from the shipped checkpoints.
 
-    python -m ldm_minimal demo [--out outputs/demo] [--steps 25] [--threads 1]
+    python -m ldm_minimal demo [--out outputs/demo] [--steps 25] [--threads 1] [--device auto] [--overwrite]
 
 ``run_demo`` writes demo.png with text-to-image (Sec. 4.3), inpainting (Sec. 4.5), x4 super-resolution (Sec. 4.4)
 and, when its checkpoint exists, emoji text-to-image, plus one picture per part. Fixed seeds and DDIM with eta 0:
-the same picture at every run.
+the same picture at every run. It refuses to replace the pictures of an earlier run in --out unless --overwrite is
+given.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from ldm_minimal.masks import box_mask
 from ldm_minimal.pipelines import bicubic_upscale, inpaint, lowres_scale, text_to_image, upscale
 from ldm_minimal.conditioning import TEXT_CONDITIONERS
 from ldm_minimal.pipelines.sampling import GenerationError, require_conditioner, seeded_generator
-from ldm_minimal.utils import default_device
+from ldm_minimal.utils import check_writable_folder, resolve_device
 
 __all__ = ["DEMO_PROMPTS", "DEMO_EMOJI_PROMPTS", "DEMO_SAMPLES", "run_demo", "cmd_demo", "add_demo_command"]
 
@@ -44,6 +45,7 @@ DEMO_PROMPTS: tuple[str, ...] = (  # single objects: what the shipped shapes32-t
 )
 DEMO_EMOJI_PROMPTS: tuple[str, ...] = ("grinning face", "red heart", "pizza", "rocket")
 DEMO_SAMPLES = 4  # samples per prompt, and held-out examples for inpainting and super-resolution
+DEMO_FILES: tuple[str, ...] = ("demo.png", "t2i.png", "inpaint.png", "upscale.png", "emoji.png")  # what it writes
 
 
 def _held_out(size: int, start: int, count: int) -> tuple[Tensor, list[ShapesSample]]:
@@ -79,24 +81,35 @@ def run_demo(
     progress: bool = False,
     device: torch.device | str | None = None,
     num_threads: int | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """The course in one picture: demo.png with text-to-image (Sec. 4.3), inpainting (Sec. 4.5), x4 super-
     resolution (Sec. 4.4) and, when its checkpoint exists, emoji text-to-image; plus t2i.png, inpaint.png,
     upscale.png (and emoji.png) for each part.
 
     checkpoints: {"t2i", "inpaint", "sr", "emoji"} -> path (default: the shipped ones; emoji is optional). DDIM with
-    ``steps`` steps, eta 0, fixed seeds, so the picture is the same at every run (files in out_dir are replaced).
+    ``steps`` steps, eta 0, fixed seeds, so the picture is the same at every run. The demo's pictures already in
+    out_dir (DEMO_FILES) are an error unless ``overwrite``; with it, they are replaced (and an emoji.png that this
+    run does not make is removed). device: None or "auto" = the best available; checked before any model loads.
     num_threads: None leaves torch's thread setting alone; a number sets it for the demo only and restores it after
     (on a small CPU shared with other work, 1 thread avoids OpenMP contention and can be several times faster).
     Returns {"demo": path, "parts": {name: path}, "seconds": {part: wall s, "total": wall s, "cpu_total": CPU s},
     "checkpoints": {...}, "steps": steps}.
     """
     paths = _demo_paths(checkpoints)
+    dev = resolve_device(device)
+    out = check_writable_folder(out_dir)
+    existing = [name for name in DEMO_FILES if (out / name).exists()]
+    if existing and not overwrite:
+        raise FileExistsError(
+            f"{out} already holds {', '.join(existing)} (the pictures of an earlier demo). Refusing to overwrite: pass "
+            "--overwrite (run_demo(..., overwrite=True)) to replace them, or choose another --out folder."
+        )
     threads_before = torch.get_num_threads()
     if num_threads is not None:
         torch.set_num_threads(int(num_threads))
     try:
-        return _run_demo(Path(out_dir), paths, steps, progress, device)
+        return _run_demo(out, paths, steps, progress, dev, overwrite)
     finally:
         if torch.get_num_threads() != threads_before:
             torch.set_num_threads(threads_before)
@@ -148,10 +161,9 @@ def _upscale_part(ldm: LatentDiffusion, steps: int, progress: bool) -> np.ndarra
 
 
 def _run_demo(
-    out: Path, paths: dict[str, Path | None], steps: int, progress: bool, device: torch.device | str | None
+    out: Path, paths: dict[str, Path | None], steps: int, progress: bool, dev: torch.device, overwrite: bool
 ) -> dict[str, Any]:
     t_start, cpu_start = time.perf_counter(), time.process_time()
-    dev = torch.device(device) if device is not None else default_device()
     out.mkdir(parents=True, exist_ok=True)
     # the parts, top to bottom: (checkpoint kind, the conditioners it must have, the picture made with the model)
     plan: dict[str, tuple[str, Sequence[str | None], Callable[[LatentDiffusion], np.ndarray]]] = {
@@ -173,6 +185,10 @@ def _run_demo(
 
     written = {name: save_image(pic, out / f"{name}.png") for name, pic in parts.items()}
     demo = save_image(stack_pictures(list(parts.values())), out / "demo.png")
+    if overwrite:  # an earlier run's part that this run did not make (the optional emoji part)
+        for name in DEMO_FILES:
+            if name != "demo.png" and Path(name).stem not in parts and (out / name).is_file():
+                (out / name).unlink()
     seconds["total"] = time.perf_counter() - t_start
     seconds["cpu_total"] = time.process_time() - cpu_start  # CPU time of all threads (less sensitive to load)
     return {
@@ -186,7 +202,8 @@ def _run_demo(
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """The main job: text-to-image, inpainting and x4 super-resolution from the shipped checkpoints, one picture."""
-    result = run_demo(args.out, steps=args.steps, num_threads=args.threads)
+    result = run_demo(args.out, steps=args.steps, num_threads=args.threads, device=args.device,
+                      overwrite=args.overwrite)
     print(f"Demo finished in {result['seconds']['total']:.1f} s (DDIM {args.steps} steps).")
     print(f"The picture: {result['demo']}")
     print("Its parts: " + ", ".join(str(p) for p in result["parts"].values()))
@@ -197,9 +214,13 @@ def add_demo_command(subparsers: Any) -> None:
     """Register `demo` on an argparse subparsers object."""
     d = subparsers.add_parser(
         "demo", help="text-to-image, inpainting and super-resolution from the shipped models -> outputs/demo/")
-    d.add_argument("--out", default="outputs/demo")
+    d.add_argument("--out", default="outputs/demo",
+                   help="output folder (default outputs/demo); the pictures of an earlier demo there are kept "
+                        "unless --overwrite")
     d.add_argument("--steps", type=int, default=25, help="DDIM steps per sample")
     # One thread: the demo's models are tiny, and on a 2-core machine a second thread costs more in
     # synchronisation than it gains (measured: ~6 s with 1 thread, 30-190 s with 2 on a busy machine).
     d.add_argument("--threads", type=int, default=1, help="torch CPU threads during the demo")
+    d.add_argument("--device", default="auto", help="auto (CUDA, MPS, else CPU), cpu, cuda, ...")
+    d.add_argument("--overwrite", action="store_true", help="replace the pictures of an earlier demo in --out")
     d.set_defaults(func=cmd_demo)

@@ -24,6 +24,7 @@ from ldm_minimal.evaluation.evaluate import (
     evaluate,
 )
 from ldm_minimal.samplers import SAMPLERS
+from ldm_minimal.utils import check_seed, check_writable_folder, resolve_device
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -37,6 +38,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.images is not None and not Path(args.images).is_dir():
         raise EvaluationError(f"--images {args.images} is not a folder. Give a folder of 32x32 PNG/JPG pictures, or "
                               "--checkpoint for a model file.")
+    resolve_device(args.device)  # an unknown or absent device: one line now, not after the work
+    check_seed(args.seed, "--seed")
+    check_writable_folder(out.parent, "The folder of --out")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     source = args.checkpoint if args.checkpoint is not None else args.images
@@ -49,6 +53,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return 1
     result["command"] = "python -m ldm_minimal " + shlex.join(getattr(args, "argv", None) or ["eval"])
     text = json.dumps(result, indent=2)
+    if result.get("mode") == "images":
+        src = result["source"]
+        left = f", left out {', '.join(src['left_out'])}" if src["left_out"] else ""
+        print(f"eval: read {src['pictures_used']} pictures from {src['images']}{left}", file=sys.stderr)
     print(text)
     atomic_write_bytes(out, (text + "\n").encode())
     return 0

@@ -7,7 +7,11 @@
 Each loads a checkpoint written by ``save_ldm`` (default: the shipped one) and writes sample_000.png, ..., a grid
 (sample) or a panel (inpaint, upscale) and samples.json (checkpoint path and sha256 prefix, the conditions, seed,
 guidance, steps, sampler, eta and which file is which). It refuses to replace files already in --out unless
---overwrite is given; a user's mistake ends the command with one line naming the problem and the fix.
+--overwrite is given (with --overwrite, the earlier run's pictures that this run does not rewrite are removed, so
+the folder holds one run). Pictures above MAX_OUTPUT_SIDE px per side (``sample --size``, upscale outputs) or input
+images above MAX_INPUT_SIDE px (``inpaint``) are refused unless --allow-large is given. --device, --seed and --out
+are checked before any model is loaded; a user's mistake ends the command with one line naming the problem and the
+fix.
 ``add_generation_commands`` registers the three on an argparse subparsers object.
 """
 
@@ -16,12 +20,14 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import re
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 from ldm_minimal.checkpoint import SHIPPED, CheckpointError, checkpoint_dir, resolve_checkpoint, sha256_of
 from ldm_minimal.image_io import image_grid, load_image, load_mask, save_image, to_uint8
@@ -40,15 +46,18 @@ from ldm_minimal.pipelines import (
     upscale_image,
 )
 from ldm_minimal.pipelines.sampling import (
+    MAX_INPUT_SIDE,
+    MAX_OUTPUT_SIDE,
     SAMPLE_FLAG,
     GenerationError,
+    check_large,
     check_size,
     require_conditioner,
     size_unit,
     usage_hint,
 )
 from ldm_minimal.samplers import SAMPLERS
-from ldm_minimal.utils import check_images, default_device
+from ldm_minimal.utils import check_images, check_seed, check_writable_folder, resolve_device
 
 __all__ = ["add_generation_commands", "cmd_sample", "cmd_inpaint", "cmd_upscale"]
 
@@ -66,14 +75,18 @@ def _cli(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespac
     return run
 
 
-def _device(name: str) -> torch.device:
-    return default_device() if name in (None, "auto") else torch.device(name)
+def _preflight(args: argparse.Namespace) -> Path:
+    """The checks of every command before any work (loading a model, sampling): --device exists on this machine,
+    --seed is one torch accepts, --out can be created and written. Returns --out as a Path."""
+    args.device = resolve_device(args.device)
+    check_seed(args.seed, "--seed")
+    return check_writable_folder(args.out)
 
 
 def _load(args: argparse.Namespace, kind: str, conditioner: str | None = None) -> tuple[LatentDiffusion, dict, Path]:
     """The --checkpoint (default: the shipped ``kind``) on --device, checked to have ``conditioner`` if given."""
     path = resolve_checkpoint(args.checkpoint, kind)
-    ldm, meta = load_ldm(path, _device(args.device))
+    ldm, meta = load_ldm(path, resolve_device(args.device))
     if conditioner is not None:
         require_conditioner(ldm, (conditioner,), args.command)
     return ldm, meta, path
@@ -89,9 +102,33 @@ def _refuse_overwrite(out: Path, names: Sequence[str], overwrite: bool) -> None:
         )
 
 
-def _write(out: Path, pictures: dict[str, np.ndarray], record: dict) -> list[Path]:
-    """Write the PNGs and samples.json; print and return the paths."""
+# the names of the pictures these commands write (sample_000.png, ..., grid.png, panel.png)
+OWN_PICTURE = re.compile(r"(sample_\d{3,}|grid|panel)\.png")
+
+
+def _earlier_run_files(out: Path, keep: Sequence[str]) -> list[Path]:
+    """The files of an earlier run in ``out`` that a run writing ``keep`` would not rewrite: the pictures its
+    samples.json lists and the names these commands write (sample_NNN.png, grid.png, panel.png), nothing else."""
+    names = {p.name for p in out.iterdir() if p.is_file() and OWN_PICTURE.fullmatch(p.name)} if out.is_dir() else set()
+    try:
+        record = json.loads((out / "samples.json").read_text())
+        listed = [f.get("file") for f in record.get("files", []) if isinstance(f, dict)]
+        listed += [str(record.get(k, "")).split(":")[0] for k in ("grid", "panel")]
+    except (OSError, ValueError, AttributeError):
+        listed = []
+    # plain PNG names inside out only: an edited samples.json cannot point elsewhere
+    names |= {nm for nm in listed if isinstance(nm, str) and nm.endswith(".png") and Path(nm).name == nm}
+    return [out / nm for nm in sorted(names - set(keep)) if (out / nm).is_file()]
+
+
+def _write(out: Path, pictures: dict[str, np.ndarray], record: dict, overwrite: bool = False) -> list[Path]:
+    """Write the PNGs and samples.json; print and return the paths. With ``overwrite``, first remove the earlier
+    run's pictures that this run does not rewrite, so that the folder holds one run only."""
     out.mkdir(parents=True, exist_ok=True)
+    if overwrite:
+        for stale in _earlier_run_files(out, list(pictures)):
+            stale.unlink()
+            print(f"removed {stale} (from the earlier run)")
     written = [save_image(arr, out / name) for name, arr in pictures.items()]
     js = out / "samples.json"
     js.write_text(json.dumps(record, indent=2) + "\n")
@@ -140,15 +177,21 @@ def _write_panel(args: argparse.Namespace, path: Path, meta: dict, ldm: LatentDi
     pictures = _sample_pictures(x, names)
     pictures["panel.png"] = image_grid(torch.cat([*before, x]), nrow=len(before) + args.n)
     record = _record(args, path, meta, ldm, **extra, files=[{"file": nm, "sample": i} for i, nm in enumerate(names)])
-    _write(out, pictures, record)
+    _write(out, pictures, record, args.overwrite)
 
 
 @_cli
 def cmd_sample(args: argparse.Namespace) -> int:
     """`sample`: text-, class-, layout-conditional or unconditional samples from a checkpoint (Sec. 4.1, 4.3)."""
+    out = _preflight(args)
+    if args.size is not None and not args.allow_large:
+        check_large(args.size, args.size, MAX_OUTPUT_SIDE, f"--size {args.size}")
+    given = [flag for flag in ("prompt", "class", "layout") if getattr(args, flag)]
+    # the files this run writes, refused before the model is loaded (the model only confirms the condition flag)
+    planned = getattr(args, given[0]) if len(given) == 1 else ["unconditional"]
+    _refuse_overwrite(out, _sample_names(len(planned) * args.n) + ["grid.png", "samples.json"], args.overwrite)
     ldm, meta, path = _load(args, "t2i")
     cond = meta["config"]["ldm"].get("conditioner")
-    given = [flag for flag in ("prompt", "class", "layout") if getattr(args, flag)]
     if cond not in SAMPLE_FLAG:
         raise GenerationError(f"{path.name} has conditioner={cond!r}, which `sample` cannot drive: {usage_hint(cond)}.")
     want = SAMPLE_FLAG[cond]
@@ -169,8 +212,6 @@ def cmd_sample(args: argparse.Namespace) -> int:
     conditions: list[str] = getattr(args, want) if want else ["unconditional"]
     n = args.n
     names = _sample_names(len(conditions) * n) + ["grid.png"]
-    out = Path(args.out)
-    _refuse_overwrite(out, names + ["samples.json"], args.overwrite)
     common = dict(steps=args.steps, sampler=args.sampler, eta=args.eta, seed=args.seed, size=args.size,
                   progress=args.progress)
     extra: dict[str, Any] = {}
@@ -193,18 +234,29 @@ def cmd_sample(args: argparse.Namespace) -> int:
     pictures["grid.png"] = image_grid(x, nrow=n)  # one row per prompt / class / layout
     record = _record(args, path, meta, ldm, n=n, size=int(x.shape[-1]), **{want or "condition": conditions}, **extra,
                      grid="grid.png: one row per condition, in the order given", files=files)
-    _write(out, pictures, record)
+    _write(out, pictures, record, args.overwrite)
     return 0
+
+
+def _model_and_image(args: argparse.Namespace, kind: str, conditioner: str,
+                     max_side: int) -> tuple[LatentDiffusion, dict, Path, Tensor]:
+    """What inpaint and upscale do before any work: the checks of the flags, the model (its kind is checked first),
+    then --image (1, 3, H, W) within the size limit (``--allow-large`` lifts it)."""
+    _preflight(args)
+    ldm, meta, path = _load(args, kind, conditioner=conditioner)
+    image = load_image(args.image)
+    if not args.allow_large:  # before the sampling
+        check_large(*image.shape[-2:], max_side, f"--image {args.image}")
+    return ldm, meta, path, image
 
 
 @_cli
 def cmd_inpaint(args: argparse.Namespace) -> int:
     """`inpaint`: fill the white region of --mask in --image with an inpainting LDM (Sec. 4.5)."""
-    ldm, meta, path = _load(args, "inpaint", conditioner="inpaint")
-    image = load_image(args.image)  # (1, 3, H, W)
+    ldm, meta, path, image = _model_and_image(args, "inpaint", "inpaint", MAX_INPUT_SIDE)  # image (1, 3, H, W)
     mask = load_mask(args.mask, image)  # (1, 1, H, W)
-    check_images(image, channels=3, multiple_of=size_unit(ldm), name=f"image {args.image}")
     names, out = _panel_outputs(args)
+    check_images(image, channels=3, multiple_of=size_unit(ldm), name=f"image {args.image}")
     x = inpaint_image(ldm, image, mask, n=args.n, guidance=args.guidance, steps=args.steps, sampler=args.sampler,
                       eta=args.eta, seed=args.seed, progress=args.progress)  # (n, 3, H, W)
     masked = (1 - mask) * image  # what the model sees: the hole at 0 (mid-grey)
@@ -217,8 +269,7 @@ def cmd_inpaint(args: argparse.Namespace) -> int:
 @_cli
 def cmd_upscale(args: argparse.Namespace) -> int:
     """`upscale`: x4 super-resolution of --image with LDM-SR (Sec. 4.4), next to nearest and bicubic."""
-    ldm, meta, path = _load(args, "sr", conditioner="lowres")
-    lowres = load_image(args.image)  # (1, 3, h, w)
+    ldm, meta, path, lowres = _model_and_image(args, "sr", "lowres", MAX_OUTPUT_SIDE // 4)  # lowres (1, 3, h, w)
     names, out = _panel_outputs(args)
     x = upscale_image(ldm, lowres, n=args.n, steps=args.steps, sampler=args.sampler, eta=args.eta, seed=args.seed,
                       progress=args.progress)  # (n, 3, 4h, 4w)
@@ -248,11 +299,21 @@ def _common_args(p: argparse.ArgumentParser, kind: str, out: str, guidance: floa
     p.add_argument("--sampler", choices=list(SAMPLERS), default="ddim",
                    help="ddim (uses --steps, --eta) or ddpm (all T steps)")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 = deterministic given the seed)")
-    p.add_argument("--seed", type=int, default=0, help="the same seed gives the same pictures (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="the same seed gives the same pictures (default 0; "
+                                                       "0..2**64-1)")
     p.add_argument("--device", default="auto", help="auto (CUDA, MPS, else CPU), cpu, cuda, ...")
     p.add_argument("--out", default=out, help=f"output folder (default {out})")
     p.add_argument("--overwrite", action="store_true", help="replace files of an earlier run in --out")
     p.add_argument("--progress", action="store_true", help="show a progress bar")
+    p.add_argument("--allow-large", action="store_true", help=LIMITS[kind])
+
+
+LIMITS = {  # the --allow-large help of each command
+    "t2i": f"lift the limit of {MAX_OUTPUT_SIDE} px on --size (larger pictures take minutes to hours on a CPU)",
+    "inpaint": f"lift the limit of {MAX_INPUT_SIDE} px per side of --image (larger ones take minutes on a CPU)",
+    "sr": f"lift the limit of {MAX_OUTPUT_SIDE // 4} px per side of --image, i.e. {MAX_OUTPUT_SIDE} px outputs "
+          "(larger ones take minutes on a CPU)",
+}
 
 
 def add_generation_commands(subparsers: Any) -> None:
@@ -266,17 +327,20 @@ def add_generation_commands(subparsers: Any) -> None:
     s.add_argument("--class", dest="class", action="append", help="a class: index or name like 'red circle'")
     s.add_argument("--layout", action="append",
                    help="a JSON list of objects {shape, colour, bbox: [x0, y0, x1, y1] pixels} or a shapes caption")
-    s.add_argument("--size", type=int, help="output side in pixels (multiple of f * UNet downsampling)")
+    s.add_argument("--size", type=int, help="output side in pixels (multiple of f * UNet downsampling; at most "
+                                            f"{MAX_OUTPUT_SIDE} unless --allow-large)")
     _common_args(s, "t2i", "outputs/sample", guidance=3.0)
     s.set_defaults(func=cmd_sample, command="sample")
 
     i = subparsers.add_parser("inpaint", help="fill a masked region of an image (white in the mask = hole)")
-    i.add_argument("--image", required=True, help="the image (its size must suit the model, e.g. 32x32)")
+    i.add_argument("--image", required=True, help="the image (its size must suit the model, e.g. 32x32; at most "
+                                                  f"{MAX_INPUT_SIDE} px per side unless --allow-large)")
     i.add_argument("--mask", required=True, help="a black/white image of the same size; white = region to fill")
     _common_args(i, "inpaint", "outputs/inpaint", guidance=1.0)
     i.set_defaults(func=cmd_inpaint, command="inpaint")
 
     u = subparsers.add_parser("upscale", help="x4 super-resolution of a low-resolution image (LDM-SR)")
-    u.add_argument("--image", required=True, help="the low-resolution image, e.g. 8x8 for a 32x32 result")
+    u.add_argument("--image", required=True, help="the low-resolution image, e.g. 8x8 for a 32x32 result (at "
+                                                  f"most {MAX_OUTPUT_SIDE // 4} px per side unless --allow-large)")
     _common_args(u, "sr", "outputs/upscale", guidance=None)
     u.set_defaults(func=cmd_upscale, command="upscale")

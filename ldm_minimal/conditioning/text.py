@@ -212,6 +212,36 @@ class TextConditioner(Conditioner):
         n = int(ids["attention_mask"][0].sum())
         return self.tokenizer.convert_ids_to_tokens(ids["input_ids"][0, :n].tolist())
 
+    def unknown_words(self, caption: str) -> list[str]:
+        """The words of ``caption`` that the tokenizer maps (wholly or partly) to its unknown token [UNK], in order.
+
+        Such words carry no meaning for the model; a caption made only of them is sampled much like the empty
+        caption (the null condition). [] when every word is known or the tokenizer has no unknown token.
+        """
+        unk = self.tokenizer.unk_token_id
+        if unk is None or not isinstance(caption, str):
+            return []
+        if getattr(self.tokenizer, "is_fast", False):
+            enc = self.tokenizer(caption, add_special_tokens=False, return_offsets_mapping=True)
+            words = enc.word_ids()
+            bad = {w for w, tid in zip(words, enc["input_ids"]) if w is not None and tid == unk}
+            spans: dict[int, list[int]] = {}
+            for w, offsets in zip(words, enc["offset_mapping"]):
+                if w in bad:
+                    spans.setdefault(w, []).extend(offsets)
+            return [caption[min(v) : max(v)] for _, v in sorted(spans.items())]
+        return [w for w in caption.split() if unk in self.tokenizer(w, add_special_tokens=False)["input_ids"]]
+
+    def vocabulary_hint(self, examples: int = 12) -> str:
+        """Where this conditioner's vocabulary is listed, with some words it knows, in words (for messages)."""
+        vocab = [w for w in self.tokenizer.get_vocab() if w.isalpha() and w.isascii() and len(w) > 2]
+        # whole words only: drop the pieces that are the start of a longer entry ("cen" of "center")
+        words = sorted(vocab) if len(vocab) > 2000 else sorted(
+            w for w in vocab if not any(v != w and v.startswith(w) for v in vocab))
+        shown = ", ".join(words[:examples]) + (", ..." if len(words) > examples else "")
+        where = getattr(self, "vocabulary_source", None) or "model.conditioner.tokenizer.get_vocab()"
+        return f"known words include {shown or 'none'}; the whole vocabulary is in {where}"
+
     def _hidden_states(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         device = module_device(self.encoder)
         out = self.encoder(input_ids=ids.to(device), attention_mask=mask.long().to(device))
@@ -285,6 +315,13 @@ class JointTextConditioner(TextConditioner):
         self.tokenizer_path = str(tokenizer_path) if not str(tokenizer_path).lstrip().startswith("{") else "<json>"
         # the exact tokenizer, as JSON text: store it with a checkpoint, rebuild with tokenizer_path=tokenizer_json
         self.tokenizer_json: str = tok.backend_tokenizer.to_str()
+        shipped = TOKENIZER_DIR / f"{tokenizer_path}.json"
+        self.vocabulary_source = (
+            str(shipped.relative_to(REPO_ROOT)) if self.tokenizer_path != "<json>" and shipped.is_file()
+            else str(tokenizer_path) if self.tokenizer_path != "<json>"
+            else "the tokenizer stored in the checkpoint (model.conditioner.tokenizer.get_vocab(); the shipped "
+                 "ones are data/tokenizers/shapes.json and emoji.json)"
+        )
 
     def extra_repr(self) -> str:
         return f"tokenizer={self.tokenizer_path!r}, context_dim={self.context_dim}, max_length={self.max_length}"
@@ -311,6 +348,7 @@ class FrozenTextConditioner(TextConditioner):
         self.encoder = encoder.eval().requires_grad_(False)
         self.context_dim = int(getattr(encoder.config, "hidden_size", None) or encoder.config.d_model)
         self.source = source
+        self.vocabulary_source = f"the tokenizer of {source} (model.conditioner.tokenizer.get_vocab())"
 
     def train(self, mode: bool = True) -> "FrozenTextConditioner":
         super().train(mode)

@@ -36,6 +36,7 @@ figures is comparable with the paper's Inception-based ones. The command line it
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -60,13 +61,15 @@ from ldm_minimal.evaluation.world_classifier import (
     default_checkpoint,
     load_world_classifier,
 )
-from ldm_minimal.utils import default_device, unknown_name_error
+from ldm_minimal.utils import resolve_device, unknown_name_error
 
 SHAPES_FEATURE_WORLDS = ("shapes32", "single32")  # served by the shapes attribute judge (trained at 32 x 32)
 FEATURE_WORLDS = (*SHAPES_FEATURE_WORLDS, *DEFAULT_CHECKPOINTS)  # every world with a shipped feature network
 EVAL_WORLDS = FEATURE_WORLDS  # ("shapes32", "single32", "emoji"): the worlds with an offline feature network
 RESOLUTION = 32  # the feature networks were trained at 32 x 32
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+# the overview pictures that `sample` (grid.png) and `inpaint` / `upscale` (panel.png) write next to their samples
+OVERVIEW_PICTURES = ("grid.png", "panel.png")
 FEATURE_CHOICES = ("world", INCEPTION)
 CONCAT_CONDITIONERS = {"lowres": "sr", "inpaint": "inpaint"}  # -> shipped_quality --kind
 KID_SUBSETS = 50
@@ -122,8 +125,34 @@ def reference_set(world: str, n: int) -> dict[str, Any]:
     return fixed_batch(world, RESOLUTION, n)  # the test split: shapes seed + 1,000,000, emoji every 10th emoji
 
 
+def image_folder_files(folder: str | Path) -> tuple[list[Path], list[str]]:
+    """The sample pictures of ``folder`` in name order, and the names of the pictures left out.
+
+    A folder written by ``sample`` / ``inpaint`` / ``upscale`` has a samples.json: only the pictures it lists as
+    samples are used (its grid.png / panel.png and anything else are left out). Without one, every PNG/JPG is used
+    except files named grid.png or panel.png.
+    """
+    folder = Path(folder)
+    pictures = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    keep = None
+    try:
+        record = json.loads((folder / "samples.json").read_text())
+        listed = {f["file"] for f in record["files"] if isinstance(f, dict) and isinstance(f.get("file"), str)}
+        keep = listed or None
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # no samples.json, or not one of ours: fall back to the names
+    if keep is not None:
+        used = [p for p in pictures if p.name in keep]
+    else:
+        used = [p for p in pictures if p.name.lower() not in OVERVIEW_PICTURES]
+    return used, [p.name for p in pictures if p not in used]
+
+
 def load_image_folder(folder: str | Path, n: int, resolution: int = RESOLUTION) -> tuple[torch.Tensor, list[str]]:
     """The first n PNG/JPG pictures of ``folder`` in name order -> ((n, 3, r, r) in [-1, 1], their file names).
+
+    Only sample pictures are read (``image_folder_files``): the grid.png / panel.png of a folder written by the
+    ``sample``, ``inpaint`` or ``upscale`` command are left out.
 
     Transparent pictures are composited onto white (as the emoji world does); grey ones become RGB.
     """
@@ -132,16 +161,17 @@ def load_image_folder(folder: str | Path, n: int, resolution: int = RESOLUTION) 
     folder = Path(folder)
     if not folder.is_dir():
         raise EvaluationError(f"{folder} is not a folder. Pass a folder of PNG/JPG pictures, or --checkpoint for a model.")
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    files, skipped = image_folder_files(folder)
     if not files:
         raise EvaluationError(
             f"{folder} holds no PNG/JPG pictures. Write samples there first (e.g. `python -m ldm_minimal sample "
             f"--out {folder} ...`) or point --images at the folder that has them."
         )
     if len(files) < n:
+        left_out = f" (left out: {', '.join(skipped[:4])}{' ...' if len(skipped) > 4 else ''})" if skipped else ""
         raise EvaluationError(
-            f"{folder} holds {len(files)} pictures but n={n}: pass --n {len(files)} (FID is only comparable at equal "
-            "n), or add pictures."
+            f"{folder} holds {len(files)} sample pictures{left_out} but n={n}: pass --n {len(files)} (FID is only "
+            "comparable at equal n), or add pictures."
         )
     images = []
     for path in files[:n]:
@@ -342,7 +372,7 @@ def evaluate(
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise EvaluationError(f"batch must be a positive integer (samples drawn at once), got {batch!r}.")
     kind, path = _resolve_source(source)
-    dev = torch.device(device) if device is not None else default_device()
+    dev = resolve_device(device)
 
     # ---- the feature network (checked first: a missing Inception must not cost a sampling run)
     world_net = load_feature_classifier(world)  # CPU: tiny, and torchmetrics feeds it CPU tensors
@@ -363,7 +393,8 @@ def evaluate(
     if kind == "images":
         fake, names = load_image_folder(path, n)
         mode, conditions = "images", None
-        result["source"] = {"images": str(path), "first": names[0], "last": names[-1]}
+        result["source"] = {"images": str(path), "first": names[0], "last": names[-1], "pictures_used": len(names),
+                            "left_out": image_folder_files(path)[1]}
         result.update(steps=None, guidance=None, sampler=None, eta=None)
     else:
         if read_metadata(path).get("kind") != "ldm":

@@ -23,6 +23,7 @@ from ldm_minimal.latent_diffusion import LatentDiffusion
 from ldm_minimal.masks import check_inpainting_mask, downsample_mask
 from ldm_minimal.pipelines.sampling import (
     GenerationError,
+    check_finite,
     check_sampling,
     on_device,
     require_conditioner,
@@ -71,7 +72,7 @@ def inpaint(ldm: LatentDiffusion, image: Tensor, mask: Tensor, **sample_kwargs: 
     m = _binary_mask(mask, image)
     if "latent_size" in sample_kwargs:
         raise ValueError("inpaint() samples at the image's latent size; do not pass latent_size (resize the image).")
-    return _fill(ldm, image, m, **sample_kwargs)
+    return check_finite(_fill(ldm, image, m, **sample_kwargs), sample_kwargs.get("guidance_scale"))
 
 
 def inpaint_image(
@@ -102,7 +103,7 @@ def inpaint_image(
     x = image.repeat_interleave(n, dim=0)  # (B * n, 3, H, W)
     out = _fill(ldm, x, m.repeat_interleave(n, dim=0), sampler=sampler, steps=steps, eta=eta,
                 guidance_scale=float(guidance), generator=seeded_generator(seed), progress=progress)
-    return out.float().cpu()
+    return check_finite(out.float().cpu(), guidance)
 
 
 def inpaint_baseline(

@@ -19,6 +19,7 @@ from torch import Tensor
 from ldm_minimal import samplers
 from ldm_minimal.conditioning import TEXT_CONDITIONERS
 from ldm_minimal.latent_diffusion import LatentDiffusion
+from ldm_minimal.utils import check_seed, resolve_device
 
 __all__ = [
     "GenerationError",
@@ -30,6 +31,10 @@ __all__ = [
     "size_unit",
     "check_size",
     "check_sampling",
+    "MAX_OUTPUT_SIDE",
+    "MAX_INPUT_SIDE",
+    "check_large",
+    "check_finite",
     "on_device",
     "seeded_generator",
     "condition_list",
@@ -108,6 +113,33 @@ def check_size(ldm: LatentDiffusion, size: int | None) -> int:
     return size
 
 
+# The commands' limits on picture sides (lifted with --allow-large): what samples in seconds on a small CPU. The
+# shipped 32x32 models' UNet cost grows with the pixel count: at 50 DDIM steps on one CPU thread a 128x128 sample
+# takes ~10 s, a 256x256 one ~80 s, and --size 100000 would need terabytes of memory.
+MAX_OUTPUT_SIDE = 128  # `sample --size` and the outputs of `inpaint` / `upscale`
+MAX_INPUT_SIDE = 128  # `inpaint --image` (its output has the same size); `upscale --image`: MAX_OUTPUT_SIDE / 4
+
+
+def check_large(height: int, width: int, limit: int, what: str, flag: str = "--allow-large") -> None:
+    """Raise a GenerationError when a picture side exceeds ``limit`` (the commands' default limit), naming ``flag``."""
+    if max(int(height), int(width)) > limit:
+        raise GenerationError(
+            f"{what} is {height}x{width} pixels, larger than the limit of {limit} px per side: sampling time and "
+            f"memory grow with the pixel count (minutes to hours, or out of memory). Use a smaller picture, or pass "
+            f"{flag} to lift the limit."
+        )
+
+
+def check_finite(x: Tensor, guidance: float | None = None) -> Tensor:
+    """Raise a GenerationError when samples hold NaN or infinite values (nothing non-finite is ever written)."""
+    if not bool(torch.isfinite(x).all()):
+        cause = (f"the guidance scale {guidance:g} is the likely cause: use a moderate one (1-10, e.g. 3)"
+                 if guidance is not None and abs(float(guidance)) > 20 else
+                 "check the guidance scale and the model (a checkpoint with NaN weights, an input far outside [-1, 1])")
+        raise GenerationError(f"Sampling produced NaN or infinite values, so no picture is written: {cause}.")
+    return x
+
+
 def check_sampling(steps: int, n: int, eta: float, sampler: str) -> None:
     """Raise a GenerationError for bad sampling settings (``samplers.check_sampling``: steps, eta, the sampler's
     name) or a bad number of samples n."""
@@ -121,13 +153,15 @@ def check_sampling(steps: int, n: int, eta: float, sampler: str) -> None:
 
 def on_device(ldm: LatentDiffusion, device: torch.device | str | None) -> LatentDiffusion:
     """The model, moved to ``device`` (None: left where it is)."""
-    return ldm if device is None else ldm.to(torch.device(device))
+    return ldm if device is None else ldm.to(resolve_device(device, "device"))
 
 
 def seeded_generator(seed: int) -> torch.Generator:
     """A CPU generator: the samplers draw on it and move the noise, so a seed means the same on every device."""
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise GenerationError(f"seed must be an integer, got {seed!r}.")
+    try:
+        seed = check_seed(seed)
+    except ValueError as e:
+        raise GenerationError(str(e)) from None
     return torch.Generator().manual_seed(seed)
 
 
@@ -185,4 +219,4 @@ def seeded_sample(
         batch_or_n, sampler=sampler, steps=steps, eta=eta, guidance_scale=float(guidance),
         generator=seeded_generator(seed), latent_size=latent, progress=progress,
     )  # (B, 3, H, W) in [-1, 1]
-    return x.float().cpu()
+    return check_finite(x.float().cpu(), guidance)

@@ -15,6 +15,7 @@ from torch import Tensor
 
 from ldm_minimal.latent_diffusion import LatentDiffusion
 from ldm_minimal.pipelines.sampling import (
+    check_finite,
     check_sampling,
     on_device,
     require_conditioner,
@@ -68,7 +69,7 @@ def upscale(ldm_sr: LatentDiffusion, lowres: Tensor, **sample_kwargs: Any) -> Te
     lowres = _check_lowres(ldm_sr, lowres)
     if "latent_size" in sample_kwargs:
         raise ValueError("upscale() derives the latent size from lowres (x4 / f); do not pass latent_size.")
-    return _super_resolve(ldm_sr, lowres, **sample_kwargs)
+    return check_finite(_super_resolve(ldm_sr, lowres, **sample_kwargs), sample_kwargs.get("guidance_scale"))
 
 
 def upscale_image(
@@ -90,7 +91,7 @@ def upscale_image(
     y = _check_lowres(ldm_sr, lowres).repeat_interleave(n, dim=0)  # (B * n, 3, h, w)
     out = _super_resolve(ldm_sr, y, sampler=sampler, steps=steps, eta=eta, guidance_scale=float(guidance),
                          generator=seeded_generator(seed), progress=progress)
-    return out.float().cpu()
+    return check_finite(out.float().cpu(), guidance)
 
 
 def bicubic_upscale(lowres: Tensor, scale: int = 4) -> Tensor:

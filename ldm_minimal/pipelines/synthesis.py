@@ -10,6 +10,7 @@ in [-1, 1] on the CPU, condition-major: rows [i * n, (i + 1) * n) belong to cond
 
 from __future__ import annotations
 
+import warnings
 from typing import Sequence
 
 import numpy as np
@@ -30,7 +31,30 @@ from ldm_minimal.pipelines.sampling import (
     seeded_sample,
 )
 
-__all__ = ["text_to_image", "class_index", "class_to_image", "unconditional_samples"]
+__all__ = ["warn_unknown_words", "text_to_image", "class_index", "class_to_image", "unconditional_samples"]
+
+
+def warn_unknown_words(ldm: LatentDiffusion, prompts: Sequence[str]) -> list[str]:
+    """Warn (UserWarning) when a prompt has words the model's tokenizer maps to [UNK]: the model cannot read them,
+    and a prompt made only of them is sampled as if unconditional. Returns the warning lines (empty: all known)."""
+    unknown_words = getattr(ldm.conditioner, "unknown_words", None)
+    if unknown_words is None:
+        return []
+    lines = []
+    for p in dict.fromkeys(prompts):  # each distinct prompt once
+        unknown = unknown_words(p)
+        if not unknown:
+            continue
+        tok = ldm.conditioner.tokenizer
+        every = all(i == tok.unk_token_id for i in tok(p, add_special_tokens=False)["input_ids"])
+        are = "are" if len(unknown) > 1 else "is"
+        what = ("has no word this model knows" if every else "has words this model does not know")
+        then = ("so it is sampled as if unconditional (like the empty prompt)" if every else "so they are ignored")
+        lines.append(f"The prompt {p!r} {what}: {', '.join(repr(w) for w in unknown)} {are} unknown to its tokenizer "
+                     f"([UNK]), {then}. Use the model's words: {ldm.conditioner.vocabulary_hint()}.")
+    for line in lines:
+        warnings.warn(line, UserWarning, stacklevel=3)
+    return lines
 
 
 def text_to_image(
@@ -60,6 +84,7 @@ def text_to_image(
     ldm = on_device(ldm, device)
     check_sampling(steps, n_per_prompt, eta, sampler)
     side = check_size(ldm, size)
+    warn_unknown_words(ldm, prompts)
     captions = [p for p in prompts for _ in range(n_per_prompt)]  # prompt-major
     return seeded_sample(ldm, {"caption": captions}, side=side, guidance=guidance, steps=steps, sampler=sampler,
                          eta=eta, seed=seed, progress=progress)
