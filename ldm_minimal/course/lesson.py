@@ -10,12 +10,12 @@ and then uses
 - ``L.fast`` / ``L.pick(fast=300, full=20_000)``: the FAST setting (default without a GPU: the notebook runs in
   about a minute on 2 CPU cores) or the FULL one (default with a GPU: trains to the shipped quality). Choose
   with the environment variable ``LDM_COURSE_MODE=FAST|FULL`` before starting Jupyter.
-- ``lesson.check(name, your_function, test, reference=..., hint=...)`` right after an exercise: runs a visible
-  test, prints a helpful message and a hint when it fails, and returns the function the rest of the notebook
-  should use: yours when it passes, else the package's ``reference`` with a visible note, so one unsolved
-  exercise never stops the later cells.
-- ``lesson.hidden_test(name, test)`` inside an nbgrader ``### BEGIN HIDDEN TESTS`` block: raises when the
-  exercise is unsolved or wrong, so the grader (``python -m ldm_minimal grade``) gives no points for it.
+- ``lesson.check(name, your_function, test, reference=..., hints=[...], banned=[...])`` right after an exercise:
+  runs a visible test with the package's own answer (``banned``) switched off, prints a helpful message and the
+  next hint when it fails, and returns the function the rest of the notebook should use: yours when it passes,
+  else the package's ``reference`` with a visible note, so one unsolved exercise never stops the later cells.
+- ``lesson.grading_spec(name, cases=..., reference=...)`` inside an nbgrader ``### BEGIN HIDDEN TESTS`` block:
+  how the grader (``python -m ldm_minimal grade``) grades the exercise, from cases it draws at grading time.
 - ``lesson.show_images``, ``lesson.show_rows``, ``lesson.plot_curves`` for pictures, and
   ``lesson.load_shipped(name)`` for the small checkpoints under ``data/checkpoints/``.
 - ``L.finish()`` as the last cell: prints the notebook's wall time and CPU time.
@@ -23,10 +23,13 @@ and then uses
 
 from __future__ import annotations
 
+import base64
+import functools
 import os
 import platform
 import time
 import traceback
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -34,6 +37,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from ldm_minimal import __version__
+from ldm_minimal.course import exercise
 from ldm_minimal.image_io import image_grid
 from ldm_minimal.latent_diffusion_io import load_model
 from ldm_minimal.utils import REPO_ROOT, autocast, seed_everything
@@ -137,17 +141,43 @@ def _qualname(obj: Any) -> str:
     return f"{module}.{name}" if module and module != "__main__" else str(name)
 
 
-def check(name: str, submitted: Any, test: Callable[[Any], Any], reference: Any = None, hint: str = "") -> Any:
+def _guarded(fn: Callable[..., Any], banned: list[str]) -> Callable[..., Any]:
+    """``fn`` with the banned symbols raising DelegationError while it runs."""
+    if not banned:
+        return fn
+
+    @functools.wraps(fn)
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        with exercise.banned_symbols(banned):
+            return fn(*args, **kwargs)
+
+    return guarded
+
+
+def check(name: str, submitted: Any, test: Callable[[Any], Any], reference: Any = None,
+          hints: str | Sequence[str] = (), banned: Sequence[str] = (), hint: str = "") -> Any:
     """Run ``test(submitted)`` and say how the exercise ``name`` went; return what later cells should use.
 
     ``test`` raises (usually ``AssertionError`` with a message) when ``submitted`` is wrong. A stub that still
-    raises ``NotImplementedError`` counts as "not done yet". When the test does not pass, ``reference`` (the
-    package's own implementation) is returned, with a note saying so, so the rest of the notebook still runs.
+    raises ``NotImplementedError`` counts as "not done yet". While the test runs, the package symbols in ``banned``
+    (the package's own answer) raise :class:`~ldm_minimal.course.exercise.DelegationError`: an answer that calls
+    them is told to write its own implementation, exactly as the grader will tell it. ``hints`` come in steps: the
+    first after the first failed attempt, the next after the next one. When the test does not pass, ``reference``
+    (the package's own implementation) is returned, with a note saying so, so the rest of the notebook still runs.
     """
+    steps = [hints] if isinstance(hints, str) else list(hints)
+    steps += [hint] if hint else []
     try:
-        test(submitted)
+        if callable(submitted) and not isinstance(submitted, type):
+            test(_guarded(submitted, list(banned)))  # the bans hold while the answer runs, not the test's own code
+        else:
+            with exercise.banned_symbols(list(banned)):
+                test(submitted)
     except NotImplementedError:
         status, message = "todo", "not done yet (the stub still raises NotImplementedError)"
+    except exercise.DelegationError as err:
+        status, message = "wrong", (f"your code calls {err.symbol}, the package's own answer to this exercise: "
+                                    f"{exercise.DELEGATION_FEEDBACK}")
     except Exception as err:  # a wrong answer can fail in any way; we report it and carry on
         status = "wrong"
         frames = traceback.extract_tb(err.__traceback__)
@@ -155,14 +185,17 @@ def check(name: str, submitted: Any, test: Callable[[Any], Any], reference: Any 
         message = f"{type(err).__name__}: {err}{where}"
     else:
         status, message = "passed", "correct"
-    RESULTS[name] = {"status": status, "submitted": submitted, "message": message}
+    attempts = RESULTS.get(name, {}).get("failures", 0) + (status == "wrong")
+    RESULTS[name] = {"status": status, "submitted": submitted, "message": message, "failures": attempts}
     if status == "passed":
         print(f"✅ {name}: {message}.")
         return submitted
     mark = "⏳" if status == "todo" else "❌"
     print(f"{mark} {name}: {message}.")
-    if hint and status == "wrong":
-        print(f"   Hint: {hint}")
+    if steps and status == "wrong":
+        step = min(attempts, len(steps))
+        print(f"   Hint {step} of {len(steps)}: {steps[step - 1]}"
+              + ("  (run the check again after your next try for the next hint)" if step < len(steps) else ""))
     if reference is not None:
         print(f"   The rest of this notebook uses the package's implementation ({_qualname(reference)}) instead, so you "
               "can run on; "
@@ -172,15 +205,34 @@ def check(name: str, submitted: Any, test: Callable[[Any], Any], reference: Any 
     return submitted
 
 
-def hidden_test(name: str, test: Callable[[Any], Any] | None = None) -> None:
-    """The grader's test of exercise ``name``: raise unless its visible check passed and ``test`` passes too."""
-    if name not in RESULTS:
-        raise AssertionError(f"exercise {name!r} was never checked; run its cell and the check cell after it.")
-    result = RESULTS[name]
-    if result["status"] != "passed":
-        raise AssertionError(f"exercise {name!r}: {result['message']}")
-    if test is not None:
-        test(result["submitted"])
+def grading_spec(name: str, cases: Callable[[torch.Generator], list[tuple]], reference: Any,
+                 probe: Callable[..., Any] | None = None, compare: Callable[[Any, Any], None] | None = None,
+                 atol: float = 1e-5, rtol: float = 1e-4, exact_dtype: bool = False,
+                 fallback: Any = None) -> exercise.Spec:
+    """The grader's spec of exercise ``name`` (it sits in a hidden-test block; see ``course/exercise.py``).
+
+    In a notebook where the exercise was checked, the spec also runs here, on a fixed seed, against the answer the
+    check kept, and raises when the answer fails it: a solution notebook proves its own specs when it runs.
+    """
+    spec = exercise.register(exercise.Spec(name=name, cases=cases, reference=reference,
+                                           probe=probe or exercise.call_answer, compare=compare, atol=atol, rtol=rtol,
+                                           exact_dtype=exact_dtype, fallback=fallback))
+    if name in RESULTS:
+        result = RESULTS[name]
+        if result["status"] != "passed":
+            raise AssertionError(f"exercise {name!r}: {result['message']}")
+        g = torch.Generator().manual_seed(0)
+        for k, case in enumerate(spec.cases(g)):
+            data = exercise.decode(*exercise.encode(tuple(case)))
+            want = exercise.run_probe(spec.probe, spec.reference, exercise.decode(*exercise.encode(data)))
+            got = exercise.run_probe(spec.probe, result["submitted"], exercise.decode(*exercise.encode(data)))
+            spec.check(exercise.decode(*exercise.encode(got)), exercise.decode(*exercise.encode(want)))
+    return spec
+
+
+def unseal(packed: str) -> str:
+    """The code of a sealed block of an assignment notebook (see ``course/notebooks.py``), to ``exec``."""
+    return zlib.decompress(base64.b64decode(packed)).decode("utf-8")
 
 
 def summary() -> None:

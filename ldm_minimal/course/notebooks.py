@@ -9,6 +9,11 @@ Exercises use nbgrader's markers, so an instructor who uses nbgrader can take ou
   ``# YOUR CODE HERE`` and ``raise NotImplementedError()`` at the block's indentation;
 - in a markdown cell, a block between the same markers becomes ``YOUR ANSWER HERE``;
 - the lines between ``### BEGIN HIDDEN TESTS`` and ``### END HIDDEN TESTS`` are removed (the grader keeps them);
+- a block between ``### BEGIN SEALED`` and ``### END SEALED`` (a check call with its stepped hints and its
+  reference code) stays as it is in ``notebooks/``; in an assignment build (``course build --assignment DIR``) it
+  becomes one line, ``exec(lesson.unseal("..."))``, that runs the same code without showing it: the hints appear
+  only in the check's output after a failed attempt. Sealed means not shown, not secret: grading never depends on
+  it (the grader runs only the answer cells, against specs the student never gets);
 - outputs and execution counts are cleared, and so is saved widget state.
 
 Cell metadata (``nbgrader: {grade_id, points, ...}``) is kept. Nothing a learner wrote is overwritten: ``build``
@@ -18,10 +23,12 @@ whose content no longer matches that record (someone edited it) unless ``--force
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import re
 import time
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +39,7 @@ NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 RECORD = ".generated.json"
 BEGIN_SOLUTION, END_SOLUTION = "### BEGIN SOLUTION", "### END SOLUTION"
 BEGIN_HIDDEN, END_HIDDEN = "### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS"
+BEGIN_SEALED, END_SEALED = "### BEGIN SEALED", "### END SEALED"
 CODE_STUB = ("# YOUR CODE HERE", "raise NotImplementedError()")
 MARKDOWN_STUB = "YOUR ANSWER HERE"
 
@@ -59,11 +67,21 @@ def _blocks(lines: list[str], begin: str, end: str, where: str) -> list[tuple[in
     return spans
 
 
-def student_source(source: str, cell_type: str, where: str = "cell") -> str:
-    """One cell's source with solutions stubbed and hidden tests removed."""
+def seal(code: str) -> str:
+    """Code as an opaque line that runs it: ``exec(lesson.unseal("..."))`` (zlib, then base64)."""
+    packed = base64.b64encode(zlib.compress(code.encode("utf-8"), 9)).decode("ascii")
+    return f'exec(lesson.unseal("{packed}"))  # the check, its hints and its fallback (sealed in assignments)'
+
+
+def student_source(source: str, cell_type: str, where: str = "cell", assignment: bool = False) -> str:
+    """One cell's source with solutions stubbed and hidden tests removed; in an ``assignment``, each sealed block
+    (a check's hints and reference code) becomes one opaque line that still runs it."""
     lines = source.split("\n")
     for start, stop in reversed(_blocks(lines, BEGIN_HIDDEN, END_HIDDEN, where)):
         del lines[start:stop]
+    for start, stop in reversed(_blocks(lines, BEGIN_SEALED, END_SEALED, where)):
+        body = lines[start + 1: stop - 1]
+        lines[start:stop] = [seal("\n".join(body))] if assignment else body
     for start, stop in reversed(_blocks(lines, BEGIN_SOLUTION, END_SOLUTION, where)):
         indent = re.match(r"\s*", lines[start]).group(0)
         stub = [indent + s for s in CODE_STUB] if cell_type == "code" else [MARKDOWN_STUB]
@@ -82,12 +100,15 @@ def kernel_environment(mode: str, threads: int | None = None) -> dict[str, str]:
     return {"LDM_COURSE_MODE": mode, **({"LDM_COURSE_THREADS": str(threads)} if threads else {})}
 
 
-def student_notebook(nb: dict[str, Any], name: str = "notebook") -> dict[str, Any]:
-    """The student version of a solution notebook (a JSON dict in nbformat 4); the input is not changed."""
+def student_notebook(nb: dict[str, Any], name: str = "notebook", assignment: bool = False) -> dict[str, Any]:
+    """The student version of a solution notebook (a JSON dict in nbformat 4); the input is not changed.
+
+    ``assignment``: also seal the checks' hints and reference code (see :func:`student_source`)."""
     out = json.loads(json.dumps(nb))
     out.get("metadata", {}).pop("widgets", None)  # saved widget state
     for k, cell in enumerate(out.get("cells", [])):
-        cell["source"] = student_source(cell_source(cell), cell.get("cell_type", "code"), f"{name}, cell {k + 1}")
+        cell["source"] = student_source(cell_source(cell), cell.get("cell_type", "code"), f"{name}, cell {k + 1}",
+                                        assignment)
         if cell.get("cell_type") == "code":
             cell["outputs"] = []
             cell["execution_count"] = None
@@ -104,7 +125,7 @@ def _sha(text: str) -> str:
 
 
 def build(solutions: Path = SOLUTIONS_DIR, notebooks: Path = NOTEBOOKS_DIR, check: bool = False,
-          force: bool = False) -> list[str]:
+          force: bool = False, assignment: bool = False) -> list[str]:
     """Generate ``notebooks/`` from ``solutions/``. Returns the names that are (check) or were (build) out of date.
 
     A notebook in ``notebooks/`` that differs from what was last generated there (a learner's edits) is never
@@ -119,7 +140,7 @@ def build(solutions: Path = SOLUTIONS_DIR, notebooks: Path = NOTEBOOKS_DIR, chec
     stale: dict[str, str] = {}  # name -> the student version to write
     edited = []
     for src in sources:
-        text = _dump(student_notebook(json.loads(src.read_text()), src.name))
+        text = _dump(student_notebook(json.loads(src.read_text()), src.name, assignment))
         dst = notebooks / src.name
         current = dst.read_text() if dst.exists() else None
         if current == text:
