@@ -1,4 +1,4 @@
-"""The notebooks' toolkit: modes, exercise checks that fall back to the package, hidden tests for the grader."""
+"""The notebooks' toolkit: modes, exercise checks that fall back to the package, stepped hints, banned package\nanswers, grading specs, sealed blocks."""
 
 from __future__ import annotations
 
@@ -34,39 +34,81 @@ def test_setup_picks_fast_or_full_values(monkeypatch, capsys):
     assert set(L.times) == {"wall_s", "cpu_s"} and "ran in" in capsys.readouterr().out
 
 
-def test_a_passing_exercise_is_used_and_its_hidden_test_runs(capsys):
+def _cases(g):
+    return [(int(v),) for v in torch.randint(-50, 50, (4,), generator=g)]
+
+
+def test_a_passing_exercise_is_used_and_its_grading_spec_proves_it(capsys):
     lesson.setup("test", mode="FAST")
     mine = lambda x: x + x  # noqa: E731
     assert lesson.check("double", mine, _doubles, reference=reference) is mine
     assert "✅ double: correct." in capsys.readouterr().out
-    lesson.hidden_test("double", lambda f: None)
-    with pytest.raises(AssertionError, match="negative"):
-        lesson.hidden_test("double", lambda f: (_ for _ in ()).throw(AssertionError("negative numbers")))
+    spec = lesson.grading_spec("double", cases=_cases, reference=reference)
+    assert spec.name == "double" and len(spec.cases(torch.Generator().manual_seed(1))) == 4
+    with pytest.raises(AssertionError, match="expected"):  # a spec whose reference disagrees fails here, in the notebook
+        lesson.grading_spec("double", cases=_cases, reference=lambda x: 3 * x)
 
 
-def test_an_unsolved_exercise_falls_back_to_the_package_with_a_note_and_fails_its_hidden_test(capsys):
+def test_an_unsolved_exercise_falls_back_to_the_package_with_a_note_and_fails_its_spec(capsys):
     lesson.setup("test", mode="FAST")
 
     def stub(x):
         raise NotImplementedError()
 
-    assert lesson.check("double", stub, _doubles, reference=reference, hint="multiply") is reference
+    assert lesson.check("double", stub, _doubles, reference=reference, hints=["a nudge", "the formula"]) is reference
     out = capsys.readouterr().out
     assert "⏳ double: not done yet" in out and "(test_lesson.reference) instead" in out and "Hint" not in out
     with pytest.raises(AssertionError, match="not done yet"):
-        lesson.hidden_test("double")
+        lesson.grading_spec("double", cases=_cases, reference=reference)
 
 
-def test_a_wrong_exercise_gets_the_error_and_the_hint(capsys):
+def test_hints_come_in_steps_one_per_failed_attempt(capsys):
     lesson.setup("test", mode="FAST")
-    used = lesson.check("double", lambda x: x + 1, _doubles, reference=reference, hint="multiply by two")
-    out = capsys.readouterr().out
-    assert used is reference
-    assert "❌ double: AssertionError: f(2) returned 3, expected 4" in out and "Hint: multiply by two" in out
+    for attempt in range(3):
+        used = lesson.check("double", lambda x: x + 1, _doubles, reference=reference,
+                            hints=["look at f(2)", "multiply by two"])
+        out = capsys.readouterr().out
+        assert used is reference
+        assert "❌ double: AssertionError: f(2) returned 3, expected 4" in out
+        assert ("Hint 1 of 2: look at f(2)" in out) == (attempt == 0)
+        assert ("Hint 2 of 2: multiply by two" in out) == (attempt >= 1)
     with pytest.raises(AssertionError, match="f\\(2\\) returned 3"):
-        lesson.hidden_test("double")
-    with pytest.raises(AssertionError, match="was never checked"):
-        lesson.hidden_test("triple")
+        lesson.grading_spec("double", cases=_cases, reference=reference)
+
+
+def test_calling_the_banned_package_answer_is_named_in_the_self_check(capsys):
+    from ldm_minimal.data.torch_datasets import image_to_tensor
+    import numpy as np
+
+    lesson.setup("test", mode="FAST")
+    picture = np.zeros((2, 3, 3), dtype=np.uint8)
+
+    def test(f):
+        lesson.assert_close(f(picture), image_to_tensor(picture), "f(picture)")  # the test itself may use it
+
+    used = lesson.check("to_model_range", lambda im: image_to_tensor(im), test, reference=image_to_tensor,
+                        banned=["ldm_minimal.data.torch_datasets.image_to_tensor"])
+    out = capsys.readouterr().out
+    assert used is image_to_tensor
+    assert "your code calls ldm_minimal.data.torch_datasets.image_to_tensor" in out
+    assert "write your own implementation" in out
+    assert image_to_tensor(picture).shape == (3, 2, 3)  # the ban ends with the check
+    own = lambda im: torch.from_numpy(im.astype(np.float32)).permute(2, 0, 1) / 127.5 - 1  # noqa: E731
+    assert lesson.check("to_model_range", own, test, banned=["ldm_minimal.data.torch_datasets.image_to_tensor"]) is own
+
+
+def test_a_sealed_block_runs_the_same_code_without_showing_it():
+    from ldm_minimal.course.notebooks import seal, student_source
+
+    source = "x = 1\n### BEGIN SEALED\ny = x + 41  # the hint: add 41\n### END SEALED\nz = y"
+    plain = student_source(source, "code")
+    assert plain == "x = 1\ny = x + 41  # the hint: add 41\nz = y"
+    sealed = student_source(source, "code", assignment=True)
+    assert "add 41" not in sealed and "BEGIN SEALED" not in sealed and sealed.startswith("x = 1\nexec(lesson.unseal(")
+    scope = {"lesson": lesson}
+    exec(sealed, scope)
+    assert scope["z"] == 42
+    assert lesson.unseal(seal("a = 2").split('"')[1]) == "a = 2"
 
 
 def test_assert_close_names_shape_and_value_problems():

@@ -64,19 +64,55 @@ def test_each_notebook_has_the_course_shape(name):
     for i in exercises:
         ex, check = cells[i], cells[i + 1]
         gid = _nbgrader(ex)["grade_id"]
+        ours = ex.get("metadata", {}).get("ldm_minimal", {})
+        assert ours.get("answer") == gid, f"{gid}: metadata ldm_minimal.answer names what the cell defines"
         assert "### BEGIN SOLUTION" in cell_source(ex), f"{gid}: no solution block"
         assert _nbgrader(check).get("grade") and _nbgrader(check).get("points", 0) > 0, \
             f"{gid}: the cell right after an exercise is its graded check cell"
         source = cell_source(check)
-        assert re.search(rf'lesson\.check\(\s*"{gid}"', source) and "reference=" in source, f"{gid}: check with a fallback"
+        sealed = source.split("### BEGIN SEALED", 1)[-1].split("### END SEALED", 1)[0]
+        assert "### BEGIN SEALED" in source and re.search(rf'lesson\.check\(\s*"{gid}"', sealed), \
+            f"{gid}: its check call sits in a sealed block"
+        call = _check_call(sealed, gid)
+        assert call["reference"] and len(call["hints"]) >= 2, f"{gid}: a fallback and hints in steps"
+        assert call["banned"] == ours.get("banned"), f"{gid}: the check bans what the metadata bans"
         hidden = source.split("### BEGIN HIDDEN TESTS", 1)
-        assert len(hidden) == 2 and re.search(rf'lesson\.hidden_test\(\s*"{gid}"', hidden[1]), f"{gid}: hidden test missing"
+        assert len(hidden) == 2 and re.search(rf'lesson\.grading_spec\(\s*"{gid}"', hidden[1]), \
+            f"{gid}: its grading spec is missing"
+
+
+def _check_call(source: str, gid: str) -> dict:
+    """The keyword arguments of the lesson.check call for ``gid`` (literal lists evaluated)."""
+    import ast
+
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "check" and node.args and \
+                isinstance(node.args[0], ast.Constant) and node.args[0].value == gid:
+            kw = {k.arg: k.value for k in node.keywords}
+            return {"reference": "reference" in kw or len(node.args) > 3,
+                    "hints": ast.literal_eval(kw["hints"]) if "hints" in kw else [],
+                    "banned": ast.literal_eval(kw["banned"]) if "banned" in kw else []}
+    raise AssertionError(f"no lesson.check call for {gid!r}")
+
+
+def test_assignment_builds_show_no_hint_no_reference_code_and_no_hidden_test(tmp_path):
+    build(assignment=True, notebooks=tmp_path)
+    for name in COURSE:
+        sol = _load(SOLUTIONS_DIR / f"{name}.ipynb")
+        text = (tmp_path / f"{name}.ipynb").read_text()
+        for marker in ("BEGIN SOLUTION", "BEGIN HIDDEN TESTS", "BEGIN SEALED", "grading_spec", "lesson.check("):
+            assert marker not in text, f"{name}: {marker!r} is visible in the assignment"
+        for i, c in enumerate(sol["cells"]):
+            if _nbgrader(c).get("grade") and "### BEGIN SEALED" in cell_source(c):
+                sealed = cell_source(c).split("### BEGIN SEALED", 1)[1].split("### END SEALED", 1)[0]
+                for hint in _check_call(sealed, _nbgrader(sol["cells"][i - 1])["grade_id"])["hints"]:
+                    assert json.dumps(hint)[1:-1][:40] not in text, f"{name}: a hint is visible in the assignment"
 
 
 def test_student_versions_keep_no_solution_and_no_hidden_test():
     for name in COURSE:
         text = (NOTEBOOKS_DIR / f"{name}.ipynb").read_text()
-        for marker in ("BEGIN SOLUTION", "BEGIN HIDDEN TESTS", "lesson.hidden_test"):
+        for marker in ("BEGIN SOLUTION", "BEGIN HIDDEN TESTS", "grading_spec", "BEGIN SEALED"):
             assert marker not in text, f"{name}: {marker!r} leaked into the student notebook"
 
 

@@ -1,6 +1,7 @@
 """The ``course`` and ``grade`` commands: argparse and the files they write, over ``ldm_minimal.course``.
 
     python -m ldm_minimal course build [--check] [--force]     # solutions/ -> notebooks/ (student versions)
+    python -m ldm_minimal course build --assignment DIR        # versions to hand out: hints and references sealed
     python -m ldm_minimal course run [NB ...] --out DIR        # execute notebooks, time them, keep executed copies
     python -m ldm_minimal grade SUBMISSION.ipynb ... --out DIR  # points per exercise -> grades.json, grades.csv
 """
@@ -8,13 +9,13 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import json
+import math
 import os
 import platform
 from pathlib import Path
 
-from ldm_minimal.course import grade, notebooks
+from ldm_minimal.course import grade, notebooks, sandbox
 from ldm_minimal.course.notebooks import NOTEBOOKS_DIR, SOLUTIONS_DIR, CourseError
 
 
@@ -45,14 +46,20 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_course(args: argparse.Namespace) -> int:
     if args.action == "run":
         return cmd_run(args)
-    changed = notebooks.build(Path(args.solutions), Path(args.notebooks), check=args.check, force=args.force)
+    target = Path(args.assignment) if args.assignment else Path(args.notebooks)
+    if args.assignment and target.resolve() in (Path(args.solutions).resolve(), NOTEBOOKS_DIR.resolve()):
+        raise CourseError(f"--assignment {target} would replace the course's own notebooks; choose a new folder "
+                          "(e.g. assignment/).")
+    changed = notebooks.build(Path(args.solutions), target, check=args.check, force=args.force,
+                              assignment=bool(args.assignment))
     if args.check:
         if changed:
             print(f"out of date: {', '.join(changed)}. Run `python -m ldm_minimal course build`.")
             return 1
-        print("notebooks/ matches solutions/.")
+        print(f"{target} matches solutions/.")
         return 0
-    print(f"wrote {len(changed)} student notebook(s)" + (f": {', '.join(changed)}" if changed else ""))
+    kind = "assignment" if args.assignment else "student"
+    print(f"wrote {len(changed)} {kind} notebook(s) to {target}" + (f": {', '.join(changed)}" if changed else ""))
     return 0
 
 
@@ -69,33 +76,37 @@ def add_course_command(sub) -> None:
     c.add_argument("--threads", type=int, default=None, help="run: torch CPU threads in the kernel")
     c.add_argument("--check", action="store_true", help="only report whether notebooks/ is out of date (exit 1)")
     c.add_argument("--force", action="store_true", help="replace student notebooks even if they were edited")
+    c.add_argument("--assignment", metavar="DIR", default=None,
+                   help="build: write assignment versions to DIR instead (hints and reference code sealed)")
     c.add_argument("--solutions", default=str(SOLUTIONS_DIR))
     c.add_argument("--notebooks", default=str(NOTEBOOKS_DIR))
     c.set_defaults(func=cmd_course)
 
 
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number of seconds (fractions like 0.5 are fine)")
+    return value
+
+
 def cmd_grade(args: argparse.Namespace) -> int:
-    out = Path(args.out)
-    targets = [out / "grades.json", out / "grades.csv"]
-    existing = [str(p) for p in targets if p.exists()]
-    if existing and not args.overwrite:
-        raise FileExistsError(f"{', '.join(existing)} already exist. Pass --overwrite or choose another --out.")
-    results = []
-    for sub in args.submissions:
-        r = grade.grade_notebook(sub, args.solution, args.cell_timeout, args.total_timeout, mode=args.mode, threads=args.threads)
-        results.append(r)
-        print(f"{Path(sub).name}: {r['total']:g} / {r['max_total']:g} points ({r['seconds']} s)")
+    iso = sandbox.detect_isolation(args.isolation)
+    print(f"isolation: {iso.describe()}", flush=True)
+
+    def report(r: dict) -> None:
+        print(f"{Path(r['submission']).name}: {r['total']:g} / {r['max_total']:g} points ({r['seconds']} s)", flush=True)
         for e in r["exercises"]:
-            print(f"  {e['grade_id']}: {e['points']:g} / {e['max_points']:g}  {e['feedback']}")
-    out.mkdir(parents=True, exist_ok=True)
-    targets[0].write_text(json.dumps(results, indent=2) + "\n")
-    with open(targets[1], "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["submission", "grade_id", "points", "max_points", "feedback"])
-        for r in results:
-            for e in r["exercises"]:
-                w.writerow([r["submission"], e["grade_id"], e["points"], e["max_points"], e["feedback"]])
-    print(f"wrote {targets[0]} and {targets[1]}")
+            print(f"  {e['grade_id']}: {e['points']:g} / {e['max_points']:g}  {e['feedback']}", flush=True)
+
+    grade.grade_batch(args.submissions, args.solution, args.out, overwrite=args.overwrite, report=report,
+                      cell_timeout=args.cell_timeout, total_timeout=args.total_timeout, mode=args.mode,
+                      threads=args.threads, isolation=args.isolation, seed=args.seed, memory_mb=args.memory_mb)
+    out = Path(args.out)
+    print(f"wrote {out / 'grades.json'} and {out / 'grades.csv'}")
     return 0
 
 
@@ -105,9 +116,15 @@ def add_grade_command(sub) -> None:
     g.add_argument("submissions", nargs="+", help="submitted .ipynb files")
     g.add_argument("--solution", help="the solution notebook (default: solutions/<the submission's file name>)")
     g.add_argument("--out", default="grades", help="folder for grades.json and grades.csv")
-    g.add_argument("--cell-timeout", type=float, default=120, help="seconds a cell may run before it is interrupted")
-    g.add_argument("--total-timeout", type=float, default=900, help="seconds for the whole notebook")
-    g.add_argument("--mode", default="FAST", choices=["FAST", "FULL"], help="the course mode the kernel runs in")
-    g.add_argument("--threads", type=int, default=None, help="torch CPU threads in each kernel (default: all cores)")
+    g.add_argument("--cell-timeout", type=_positive_seconds, default=120,
+                   help="seconds one exercise's code may run (answer cell and its cases; fractions allowed)")
+    g.add_argument("--total-timeout", type=_positive_seconds, default=900, help="seconds for a whole submission")
+    g.add_argument("--mode", default="FAST", choices=["FAST", "FULL"], help="the course mode the sandbox runs in")
+    g.add_argument("--threads", type=int, default=1, help="torch CPU threads in each sandbox (default 1)")
+    g.add_argument("--isolation", default="auto", choices=["auto", *sandbox.MODES],
+                   help="how the submissions' code is isolated (auto: the strongest this machine allows)")
+    g.add_argument("--memory-mb", type=int, default=4096, help="address-space limit of each sandbox in MB")
+    g.add_argument("--seed", type=int, default=None,
+                   help="the seed the grading cases are drawn from (default: a fresh random one, kept in grades.json)")
     g.add_argument("--overwrite", action="store_true", help="replace existing grade files")
     g.set_defaults(func=cmd_grade)

@@ -292,12 +292,13 @@ def grade_notebook(submission: str | Path, solution: str | Path | Solution | Non
         remaining = settings.total_timeout - (time.monotonic() - t0)
         if feedback is None and remaining <= 0:
             feedback = f"not run: the submission used up its {settings.total_timeout:g} s (--total-timeout)"
+        output_bytes = 0
         if feedback is None:
-            feedback = _grade_one(solution, index, answers, passed, spec, settings, iso, remaining)
+            feedback, output_bytes = _grade_one(solution, index, answers, passed, spec, settings, iso, remaining)
         passed[ex.answer] = feedback is None
         rows.append({"grade_id": ex.check_id, "answer": ex.answer, "points": ex.points if feedback is None else 0.0,
                      "max_points": ex.points, "feedback": "passed" if feedback is None else feedback,
-                     "seconds": round(time.monotonic() - started, 2)})
+                     "seconds": round(time.monotonic() - started, 2), "output_bytes": output_bytes})
     return {"submission": str(submission), "solution": str(solution.path), "exercises": rows,
             "total": sum(r["points"] for r in rows), "max_total": sum(r["max_points"] for r in rows),
             "seconds": round(time.monotonic() - t0, 1), "seed": settings.seed, "isolation": iso.mode,
@@ -305,7 +306,7 @@ def grade_notebook(submission: str | Path, solution: str | Path | Solution | Non
 
 
 def _grade_one(solution: Solution, index: int, answers: dict[str, str], passed: dict[str, bool], spec: Spec,
-               settings: Settings, iso: sandbox.Isolation, remaining: float) -> str | None:
+               settings: Settings, iso: sandbox.Isolation, remaining: float) -> tuple[str | None, int]:
     ex = solution.exercises[index]
     encoded, _ = draw_cases(spec, settings.seed, index)
     want = expected_outputs(spec, encoded)
@@ -338,7 +339,7 @@ def _grade_one(solution: Solution, index: int, answers: dict[str, str], passed: 
             result: Any = exercise.load_data(str(result_path))
         except ValueError as e:
             result = str(e)
-        return verdict(spec, outcome, result, want, limit_note)
+        return verdict(spec, outcome, result, want, limit_note), outcome.output_bytes
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -75,6 +75,21 @@ def _bwrap_works(root: bool) -> bool:
         return False
 
 
+def _other_user_can_run_python() -> bool:
+    uid = 620000 + secrets.randbelow(300000)
+
+    def become() -> None:
+        os.setgroups([])
+        os.setgid(uid)
+        os.setuid(uid)
+
+    try:
+        return subprocess.run([sys.executable, "-c", "import torch"], capture_output=True, timeout=120, cwd="/",
+                              preexec_fn=become).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
 @lru_cache(maxsize=None)
 def detect_isolation(requested: str = "auto") -> Isolation:
     """The isolation mode to use: the strongest available for ``auto``; a ValueError when ``requested`` is not."""
@@ -82,13 +97,15 @@ def detect_isolation(requested: str = "auto") -> Isolation:
     if requested not in ("auto", *MODES):
         raise ValueError(f"--isolation {requested!r} is not a mode; use auto, {', '.join(MODES)}.")
     available = ["bubblewrap"] if _bwrap_works(root) else []
-    available += ["user"] if root else []
+    user_ok = root and (requested in ("user", "auto") and not available) and _other_user_can_run_python()
+    available += ["user"] if user_ok else []
     available += ["none"]
     if requested == "auto":
         return Isolation(available[0], root)
     if requested not in available:
         why = ("bwrap is not installed or cannot make namespaces here (apt-get install bubblewrap)"
-               if requested == "bubblewrap" else "it needs the grader to run as root")
+               if requested == "bubblewrap" else "it needs the grader to run as root, with a Python installation "
+               "that other users can run (this one is not readable by them)" if root else "it needs root")
         raise ValueError(f"--isolation {requested} is not available: {why}. Available: {', '.join(available)}.")
     return Isolation(requested, root)
 
@@ -268,9 +285,13 @@ def _bwrap_command(isolation: Isolation, job_dir: Path, pkg: Path, limits: Limit
             args.extend(["--symlink", os.readlink(top), top])
         elif os.path.isdir(top):
             ro(top)
+    repo, venv = str(REPO_ROOT), os.path.realpath(sys.prefix)
     for prefix in sorted({sys.base_prefix, sys.prefix, *[p for p in sys.path if p and os.path.isdir(p)]}):
         real = os.path.realpath(prefix)
-        if real != str(REPO_ROOT) and os.path.isdir(real) and real != "/":
+        inside_repo = real == repo or real.startswith(repo + "/")
+        if inside_repo and not (real == venv or real.startswith(venv + "/")):
+            continue  # the repository's own folders (tests/, solutions/, ...) stay out; only its venv is needed
+        if os.path.isdir(real) and real != "/":
             ro(real)
     if os.path.realpath(sys.prefix) != sys.prefix:
         ro(os.path.realpath(sys.prefix), sys.prefix)
