@@ -95,3 +95,21 @@ def test_course_run_executes_times_and_reports_the_failing_cell(tmp_path, capsys
     assert list(recorded) == ["good.ipynb"]  # a failed run is not recorded as a timing
     assert recorded["good.ipynb"]["wall_s"] > 0 and recorded["good.ipynb"]["kernel_peak_rss_mb"] > 10
     assert nbformat.read(tmp_path / "bad.ipynb", as_version=4) == bad  # the source notebook is untouched
+
+
+def test_an_assignment_build_goes_to_its_own_folder_never_over_the_course(tmp_path, capsys):
+    from ldm_minimal.course.notebooks import NOTEBOOKS_DIR, SOLUTIONS_DIR
+
+    for target in (NOTEBOOKS_DIR, SOLUTIONS_DIR):
+        assert main(["course", "build", "--assignment", str(target)]) == 1
+        assert "would replace the course's own notebooks" in capsys.readouterr().err
+    sol = tmp_path / "solutions"
+    sol.mkdir()
+    nb = notebook()
+    nb["cells"][2]["source"] = TEST_CELL.replace("### BEGIN HIDDEN", "### BEGIN SEALED\nhint = 'sqrt of abar'\n"
+                                                 "### END SEALED\n### BEGIN HIDDEN")
+    (sol / "a.ipynb").write_text(json.dumps(nb))
+    out = tmp_path / "assignment"
+    assert main(["course", "build", "--solutions", str(sol), "--assignment", str(out)]) == 0
+    text = (out / "a.ipynb").read_text()
+    assert "sqrt of abar" not in text and "lesson.unseal(" in text and "HIDDEN" not in text
