@@ -141,6 +141,16 @@ def test_grader_on_a_real_notebook_full_zero_and_exactly_the_solved_part(tmp_pat
     assert [r["grade_id"] for r in part["exercises"] if r["points"]] == [check_id]
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("name", COURSE)
+def test_grader_gives_every_solution_full_marks_and_every_student_version_zero(name):
+    solution = SOLUTIONS_DIR / f"{name}.ipynb"
+    full = grade_notebook(solution, solution)
+    assert full["total"] == full["max_total"] > 0, [e["feedback"] for e in full["exercises"]]
+    zero = grade_notebook(NOTEBOOKS_DIR / f"{name}.ipynb", solution)
+    assert zero["total"] == 0 and all("not done yet" in e["feedback"] for e in zero["exercises"]), zero
+
+
 def test_readme_course_map_matches_the_measured_times():
     times = _load(REPO / "docs" / "course-times.json")["FAST"]
     readme = (REPO / "README.md").read_text()

@@ -278,7 +278,7 @@ def compare_data(got: Any, want: Any, where: str = "the result", atol: float = 1
             g64, w64 = g.double(), w.double()
             close = torch.isclose(g64, w64, atol=atol, rtol=rtol, equal_nan=True)
             if not bool(close.all()):
-                diff = (g64 - w64).abs().nan_to_num(float("inf")).max().item()
+                diff = (g64 - w64).abs().nan_to_num(nan=float("inf"), posinf=float("inf")).max().item()
                 raise AssertionError(f"{where}: values differ (largest difference {diff:.3g}, "
                                      f"{int((~close).sum())} of {close.numel()} entries)")
         elif not torch.equal(g.long() if g.dtype != torch.bool else g, w.long() if w.dtype != torch.bool else w):

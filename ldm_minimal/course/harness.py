@@ -17,6 +17,7 @@ Job (``JOB_DIR/job.json``)::
 from __future__ import annotations
 
 import builtins
+import gc
 import json
 import os
 import sys
@@ -49,11 +50,20 @@ def main(job_dir: str) -> None:
             exec(compile(statement, "<notebook imports>", "exec"), ns)
         except Exception:  # an import the sandbox lacks: the answer that needs it fails visibly
             pass
+    context = dict(ns)  # the imports alone, before anything else is defined
     specs = {}
     for name, source in job["specs"].items():
+        spec_ns = dict(context)  # each spec in a namespace of its own: answers never see its names
         exercise.SPECS.clear()
-        exec(compile(source, f"<grading spec {name}>", "exec"), ns)
-        specs[name] = exercise.SPECS[name]
+        exec(compile(source, f"<grading spec {name}>", "exec"), spec_ns)
+        specs[name] = exercise.SPECS.pop(name)
+        if name == job["answer"]:  # this exercise's reference is the grader's business only: drop every handle on it
+            for key, value in list(spec_ns.items()):
+                if value is specs[name].reference or value is specs[name].fallback:
+                    del spec_ns[key]
+            specs[name].reference = specs[name].fallback = None
+    exercise.SPECS.clear()
+    gc.collect()
     for earlier in job["earlier"]:
         if earlier["source"] is None:
             ns[earlier["answer"]] = specs[earlier["answer"]].fallback_answer()

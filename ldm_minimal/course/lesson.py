@@ -32,6 +32,7 @@ import traceback
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FunctionType
 from typing import Any, Callable, Sequence
 
 import torch
@@ -141,10 +142,14 @@ def _qualname(obj: Any) -> str:
     return f"{module}.{name}" if module and module != "__main__" else str(name)
 
 
-def _guarded(fn: Callable[..., Any], banned: list[str]) -> Callable[..., Any]:
-    """``fn`` with the banned symbols raising DelegationError while it runs."""
+def _guarded(fn: Any, banned: list[str]) -> Any:
+    """``fn`` with the banned symbols raising DelegationError while it runs; for a class, a subclass whose own
+    methods run with the bans (so a test may still use the package outside the answer's code)."""
     if not banned:
         return fn
+    if isinstance(fn, type):
+        own = {name: _guarded(attr, banned) for name, attr in vars(fn).items() if isinstance(attr, FunctionType)}
+        return type(fn.__name__, (fn,), {**own, "__qualname__": fn.__qualname__, "__module__": fn.__module__})
 
     @functools.wraps(fn)
     def guarded(*args: Any, **kwargs: Any) -> Any:
@@ -168,7 +173,7 @@ def check(name: str, submitted: Any, test: Callable[[Any], Any], reference: Any 
     steps = [hints] if isinstance(hints, str) else list(hints)
     steps += [hint] if hint else []
     try:
-        if callable(submitted) and not isinstance(submitted, type):
+        if callable(submitted):
             test(_guarded(submitted, list(banned)))  # the bans hold while the answer runs, not the test's own code
         else:
             with exercise.banned_symbols(list(banned)):
