@@ -265,7 +265,11 @@ def _bwrap_command(isolation: Isolation, job_dir: Path, pkg: Path, limits: Limit
             "--unshare-cgroup-try", "--new-session"]
     if not isolation.root:
         args.append("--unshare-user")
-    made: set[str] = set()
+    # the tmpfs mounts come first: a repository or venv under /tmp (a CI clone) is then bound on top, not hidden
+    args += ["--perms", "1777", "--size", str(limits.tmpfs_mb << 20), "--tmpfs", "/tmp",
+             "--perms", "0755", "--dir", "/home",
+             "--perms", "1777", "--size", str(limits.tmpfs_mb << 20), "--tmpfs", HOME]
+    made: set[str] = {"/home"}
     bound: list[str] = []
 
     def ensure_parents(dest: str) -> None:
@@ -301,10 +305,7 @@ def _bwrap_command(isolation: Isolation, job_dir: Path, pkg: Path, limits: Limit
     if (REPO_ROOT / "data").is_dir():
         ro(REPO_ROOT / "data")
     ro(job_dir, "/job")
-    args += ["--proc", "/proc", "--dev", "/dev",
-             "--perms", "1777", "--size", str(limits.tmpfs_mb << 20), "--tmpfs", "/tmp",
-             "--perms", "0755", "--dir", "/home",
-             "--perms", "1777", "--size", str(limits.tmpfs_mb << 20), "--tmpfs", HOME, "--chdir", HOME, "--"]
+    args += ["--proc", "/proc", "--dev", "/dev", "--chdir", HOME, "--"]
     return args
 
 
