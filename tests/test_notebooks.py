@@ -164,3 +164,9 @@ def test_readme_course_map_matches_the_measured_times():
         assert f"FAST (default on CPU): {wall} of wall time" in opening, f"{name} states another FAST time than the JSON"
     total = sum(t["wall_s"] for t in times.values())
     assert f"{total / 60:.1f} min" in readme, "README should state the whole-course FAST total"
+
+
+def test_the_exercise_catalogue_is_current():
+    from ldm_minimal.course.catalogue import CATALOGUE, catalogue
+
+    assert CATALOGUE.read_text() == catalogue(), "docs/exercises.md is stale: run `python -m ldm_minimal course catalogue`"

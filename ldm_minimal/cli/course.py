@@ -15,7 +15,7 @@ import os
 import platform
 from pathlib import Path
 
-from ldm_minimal.course import grade, notebooks, sandbox
+from ldm_minimal.course import catalogue, grade, notebooks, sandbox
 from ldm_minimal.course.notebooks import NOTEBOOKS_DIR, SOLUTIONS_DIR, CourseError
 
 
@@ -46,6 +46,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_course(args: argparse.Namespace) -> int:
     if args.action == "run":
         return cmd_run(args)
+    if args.action == "catalogue":
+        text = catalogue.catalogue(Path(args.solutions))
+        if args.check:
+            current = catalogue.CATALOGUE.read_text() if catalogue.CATALOGUE.exists() else ""
+            print("docs/exercises.md is current." if current == text else
+                  "docs/exercises.md is out of date: run `python -m ldm_minimal course catalogue`.")
+            return 0 if current == text else 1
+        catalogue.CATALOGUE.write_text(text)
+        print(f"wrote {catalogue.CATALOGUE}")
+        return 0
     target = Path(args.assignment) if args.assignment else Path(args.notebooks)
     if args.assignment and target.resolve() in (Path(args.solutions).resolve(), NOTEBOOKS_DIR.resolve()):
         raise CourseError(f"--assignment {target} would replace the course's own notebooks; choose a new folder "
@@ -66,8 +76,9 @@ def cmd_course(args: argparse.Namespace) -> int:
 def add_course_command(sub) -> None:
     c = sub.add_parser("course", help="build the student notebooks from solutions/ (nbgrader markers)",
                        description=notebooks.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    c.add_argument("action", choices=["build", "run"],
-                   help="build: write notebooks/ from solutions/; run: execute notebooks and time them")
+    c.add_argument("action", choices=["build", "run", "catalogue"],
+                   help="build: write notebooks/ from solutions/; run: execute notebooks and time them; "
+                        "catalogue: write docs/exercises.md (the exercises' table)")
     c.add_argument("paths", nargs="*", help="run: the notebooks to execute (default: every solutions/*.ipynb)")
     c.add_argument("--mode", default="FAST", choices=["FAST", "FULL", "fast", "full"], help="run: the course mode")
     c.add_argument("--out", default="runs/course/executed", help="run: where the executed copies go")
