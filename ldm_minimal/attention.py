@@ -2,7 +2,7 @@
 
 Latent Diffusion conditions the UNet epsilon_theta on a condition y (text, layouts, ...) by mapping y with a
 domain-specific encoder tau_theta to a sequence of tokens tau_theta(y) in R^{M x d_tau}, and letting the
-(flattened) intermediate UNet features phi_i(z_t) in R^{N x d_eps^i} attend to them (Eq. 3):
+(flattened) intermediate UNet features phi_i(z_t) in R^{N x d_eps^i} attend to them (Sec. 3.3; the objective they are trained with is Eq. 3):
 
     Attention(Q, K, V) = softmax(Q K^T / sqrt(d)) V,
     Q = W_Q phi_i(z_t),   K = W_K tau_theta(y),   V = W_V tau_theta(y).
@@ -89,7 +89,7 @@ def check_context_mask(mask: torch.Tensor, batch: int, length: int) -> torch.Ten
 
 
 class CrossAttention(nn.Module):
-    """Multi-head (cross-)attention, Eq. 3 of the paper: softmax(Q K^T / sqrt(d)) V.
+    """Multi-head (cross-)attention of the paper's Sec. 3.3: softmax(Q K^T / sqrt(d)) V.
 
     Q = W_Q x (queries from the image features), K = W_K c, V = W_V c with c = context (tau_theta(y)),
     or c = x (self-attention) when no context is given. Projections q/k/v have no bias; the output projection
@@ -110,7 +110,7 @@ class CrossAttention(nn.Module):
         self.query_dim = query_dim
         self.context_dim = context_dim if context_dim is not None else query_dim
         self.heads, self.dim_head = heads, dim_head
-        # 1 / sqrt(d) of Eq. 3
+        # 1 / sqrt(d) of the attention in Sec. 3.3
         self.scale = dim_head**-0.5
         self.to_q = nn.Linear(query_dim, inner, bias=False)  # W_Q
         self.to_k = nn.Linear(self.context_dim, inner, bias=False)  # W_K
@@ -161,7 +161,7 @@ class CrossAttention(nn.Module):
         if return_attention:
             # Explicit path: the maps are needed. Compute the logits and softmax in float32 even under autocast.
             with torch.autocast(device_type=q.device.type, enabled=False):
-                # Q K^T / sqrt(d) of Eq. 3
+                # Q K^T / sqrt(d) (Sec. 3.3)
                 sim = torch.einsum("b h i d, b h j d -> b h i j", q.float(), k.float()) * self.scale  # (B, H, N, L)
                 if attn_mask is not None:
                     sim = sim.masked_fill(~attn_mask, torch.finfo(sim.dtype).min)
@@ -169,7 +169,7 @@ class CrossAttention(nn.Module):
                 probs = sim.softmax(dim=-1)  # (B, H, N, L)
                 if any_kept is not None:
                     probs = probs * rearrange(any_kept, "b -> b 1 1 1").to(probs.dtype)
-            # softmax(.) V of Eq. 3
+            # softmax(.) V (Sec. 3.3)
             out = torch.einsum("b h i j, b h j d -> b h i d", probs.to(v.dtype), v)  # (B, H, N, d)
         else:
             # Fast path: fused kernel (flash / memory-efficient on GPU). Same maths.

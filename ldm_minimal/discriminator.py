@@ -1,6 +1,6 @@
 """The patch-based discriminator D_psi of the first-stage objective (Sec. 3.1 and App. G, Eq. 25).
 
-Sec. 3.1: the autoencoder is trained with "a patch-based adversarial objective (Isola et al., pix2pix), which
+Sec. 3.1: the autoencoder is trained with "a patch-based [Isola et al., pix2pix] adversarial objective", which
 ensures that the reconstructions are confined to the image manifold by enforcing local realism". Eq. 25 writes
 the objective as  min_{E,D} max_psi ( L_rec(x, D(E(x))) - L_adv(D(E(x))) + log D_psi(x) + L_reg(x; E, D) ).
 

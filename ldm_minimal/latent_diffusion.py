@@ -10,7 +10,7 @@ need:
 
 - ``first_stage`` (E, D), frozen: an ``AutoencoderKL``, a ``VQModel`` or ``IdentityFirstStage`` (f = 1, which turns
   this very class into the pixel-space DM the paper compares against).
-- the latent scale factor (Sec. 4.3.2 / App. G, "we rescale the latents by the component-wise standard
+- the latent scale factor (Sec. 4.3.2 / App. G: a rescaled latent, "scaled by the component-wise standard
   deviation"): ``scale_factor = 1 / std(z)`` of the first training batch, stored as a buffer (so it travels in
   the checkpoint) and applied symmetrically: ``encode`` returns ``scale_factor * z``, ``decode`` divides first.
   KL latents are *sampled* from the posterior in training (like the reference); VQ latents are the continuous

@@ -2,8 +2,8 @@
 
 The paper samples its LDMs with DDIM (Song et al., 2021) using far fewer steps than the T = 1000 of training,
 conditions them with classifier-free guidance (Ho & Salimans, 2021; paper Sec. 4.3.1; the guided output
-eps_u + s (eps_c - eps_u) is ldm_minimal/guidance.py) and compares its inpainting LDM (Sec. 4.5) with simpler
-approaches; the training-free baseline here is the simplest one. ``SAMPLERS`` names the samplers and
+eps_u + s (eps_c - eps_u) is ldm_minimal/guidance.py) and compares its inpainting LDM (Sec. 4.5) with specialised
+inpainting models (Tab. 7); the training-free baseline here is the course's own, simpler one. ``SAMPLERS`` names the samplers and
 ``check_sampling`` is the check of the settings a user picks (sampler, steps, eta).
 
 Conventions shared by both samplers
@@ -136,7 +136,7 @@ class _InpaintBaseline:
     Before the first step (at the starting level) and after every step that lands on noise level t_prev,
     x <- mask * x + (1 - mask) * q_sample(z0, t_prev, eps) with fresh noise eps; after the last step the known
     region is z0 exactly. mask: (B, 1, h, w), 1 = hole (generate), 0 = keep. (A soft mask in [0, 1] blends.)
-    This is the baseline the paper's inpainting LDM (Sec. 4.5) is meant to beat: the model never sees the
+    This is the course's baseline for the paper's inpainting LDM (Sec. 4.5; the paper compares with trained models, Tab. 7): the model never sees the
     known region as a condition, so the seam is often visible.
     """
 

@@ -1,6 +1,6 @@
 """The denoising network epsilon_theta(z_t, t, tau_theta(y)): a time-conditional UNet (paper Sec. 3.2-3.3, App. E).
 
-The LDM objective (Eq. 2; Eq. 4 with a condition) trains epsilon_theta to predict the noise added to a latent:
+The LDM objective (Eq. 2; Eq. 3 with a condition) trains epsilon_theta to predict the noise added to a latent:
 
     L_LDM = E_{E(x), y, eps ~ N(0, 1), t} [ || eps - epsilon_theta(z_t, t, tau_theta(y)) ||^2 ]
 
@@ -142,7 +142,7 @@ class Upsample(nn.Module):
 
 @dataclass
 class UNetConfig:
-    """Hyper-parameters of epsilon_theta (the paper's App. E hyper-parameter tables use the same names).
+    """Hyper-parameters of epsilon_theta (mostly the reference UNetModel's names; App. E's tables call them Channels, Depth, Channel Multiplier, Attention resolutions, Number of Heads / Head Channels).
 
     in_channels counts the latent channels plus any concat-conditioning channels. attention_factors are
     downsampling factors (1 = full latent resolution, 2 = half, ...), not pixel sizes. Heads: dim_head fixes the

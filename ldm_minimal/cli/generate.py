@@ -182,7 +182,7 @@ def _write_panel(args: argparse.Namespace, path: Path, meta: dict, ldm: LatentDi
 
 @_cli
 def cmd_sample(args: argparse.Namespace) -> int:
-    """`sample`: text-, class-, layout-conditional or unconditional samples from a checkpoint (Sec. 4.1, 4.3)."""
+    """`sample`: text-, class-, layout-conditional or unconditional samples from a checkpoint (Sec. 4.2, 4.3)."""
     out = _preflight(args)
     if args.size is not None and not args.allow_large:
         check_large(args.size, args.size, MAX_OUTPUT_SIDE, f"--size {args.size}")

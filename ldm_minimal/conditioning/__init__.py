@@ -4,7 +4,7 @@ The paper conditions the denoiser epsilon_theta(z_t, t, y) on a signal y in one 
 ``mode``):
 
     crossattn   a domain-specific encoder tau_theta maps y to tokens tau_theta(y) in R^{M x d_tau}; the UNet's
-                cross-attention layers read them (Sec. 3.3, Eq. 3).
+                cross-attention layers read them (Sec. 3.3; objective Eq. 3).
     class       a class label y is embedded and added to the time embedding (the "adm" mode of the reference);
                 the embedding table itself lives in the UNet.
     concat      a spatially aligned signal is resized to the latent size h x w = H/f x W/f and concatenated to z_t

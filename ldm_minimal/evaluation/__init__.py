@@ -1,4 +1,4 @@
-"""Evaluation: how good are a first stage's reconstructions and a diffusion model's samples (Sec. 4, App. D.1, E.3).
+"""Evaluation: how good are a first stage's reconstructions and a diffusion model's samples (Sec. 4, App. D.2, E.3).
 
 - ``metrics``           the numbers. Reconstructions and restorations: PSNR, SSIM (torchmetrics), LPIPS and the
                         sharpness ratio, collected over batches by ``ReconstructionMetrics`` (the first stages of

@@ -3,7 +3,7 @@
 Why it exists
 -------------
 The paper judges its samples with networks trained on real data: FID and IS through Inception-v3 features, and
-precision/recall through VGG features (Sec. 4 and App. E.3; text-to-image in Sec. 4.3.1 and Tab. 2). Those numbers
+precision/recall with Dhariwal & Nichol's script (Sec. 4 and App. E.3; text-to-image in Sec. 4.3.1 and Tab. 2). Those numbers
 say "the samples look like the data" but not "the sample shows what the prompt asked for". In our shapes world the
 ground truth of every picture is known, so we can ask the sharper question directly: a small CNN, trained on real
 renders only, reads back the four attributes of a single object,

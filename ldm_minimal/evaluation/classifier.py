@@ -1,6 +1,6 @@
 """The shared design of the course's two small judges: config, conv trunk, augmentation, training, files, command.
 
-The paper scores samples in the feature space of networks trained on real data (Inception-v3 for FID/IS, VGG for
+The paper scores samples in the feature space of networks trained on real data (Inception for FID/IS, Dhariwal & Nichol's script, whose features the paper does not name, for
 precision/recall; Rombach et al., CVPR 2022, Sec. 4 and App. E.3). Offline, each data world gets a small CNN of
 its own, trained with this code on its real training pictures only:
 

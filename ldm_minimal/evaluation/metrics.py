@@ -2,7 +2,7 @@
 
 PSNR and SSIM come from torchmetrics (we never hand-write what a well-kept library does); LPIPS is ours
 (``ldm_minimal.lpips``). Images are (B, C, H, W) in [-1, 1]; PSNR and SSIM are computed on [0, 1].
-The paper reports these for its first stages in Table 8 (App. D.1).
+The paper reports PSNR and SSIM (with R-FID, R-IS and PSIM) for its first stages in Table 8 (App. D.2).
 
 FID and KID (torchmetrics) and improved precision/recall compare generated with real images in the feature space
 of a world's own classifier (Sec. 4, App. E.3; see the second half of this file). torchmetrics is imported inside

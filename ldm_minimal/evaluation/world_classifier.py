@@ -3,7 +3,7 @@
 Why it exists
 -------------
 The paper measures sample quality in the feature space of a network trained on real images: FID and IS on
-Inception-v3 pool features, precision/recall on VGG features (Rombach et al., CVPR 2022, Sec. 4 and App. E.3).
+Inception features, precision/recall with Dhariwal & Nichol's evaluation script, whose features the paper does not name (Rombach et al., CVPR 2022, Sec. 4 and App. E.3).
 Those weights must be downloaded, and ImageNet features say little about 32 x 32 emoji anyway. So, as for the
 shapes world (whose attribute judge, ``ldm_minimal.evaluation.attributes``, doubles as its feature network), each world gets a
 small CNN trained with this repository's code on that world's real training pictures only:

@@ -1,4 +1,4 @@
-"""Experiment 9, beyond the training resolution (paper Sec. 4.3.2, Fig. 9; App. D.3): sampling at twice the size.
+"""Experiment 9, beyond the training resolution (paper Sec. 4.3.2, Fig. 9; App. D.1): sampling at twice the size.
 
     python -m ldm_minimal.experiments.high_resolution      # shipped shapes32-t2i and shapes32-sr, ~4 min on 2 cores
     python -m ldm_minimal.experiments.high_resolution --quick
@@ -6,7 +6,7 @@
 The UNet is convolutional, so a model trained on 32x32 pictures (16x16 latents at f = 2) can be sampled on a larger
 latent: 32x32 latents give 64x64 pictures. The paper (Sec. 4.3.2): spatially conditioned models (semantic
 synthesis, super-resolution) generalise to larger sizes, because the condition fixes the layout everywhere; a
-model whose condition says nothing about where things go (text, classes) has only its training size to go by.
+model whose condition says nothing about where things go (text, classes) has only its training size to go by (though the paper renders its text model above 256^2 with the rescaled latent and guidance, Fig. 13).
 
 1. Text-to-image at 64x64 with the 32x32 prompts (single-object captions, guidance 3): how many objects appear
    (connected non-background regions of at least 6 pixels) at 32 and at 64, and whether the judge, shown the

@@ -16,7 +16,7 @@ Two mask families, 256 pictures each, seeded: ``box`` (a random rectangle, 25-60
 (random brush strokes), the two families the inpainting model was trained on (``ldm_minimal.masks``). Scores:
 FID of the results against the originals (judge features), LPIPS (ours, offline trunk) between result and original,
 which differ only inside the hole, PSNR inside the hole, and the judge's shape-and-colour accuracy on the results.
-The paper: the trained LDM beats the baselines on FID and LPIPS (Tab. 7).
+The paper (Tab. 7) compares trained inpainting models only: its LDM has the best FID, its LPIPS is slightly behind LaMa's; the training-free and trivial baselines here are the course's own.
 """
 
 from __future__ import annotations

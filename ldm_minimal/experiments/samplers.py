@@ -10,7 +10,7 @@ the deterministic DDIM; eta = 1 has DDPM's posterior variance on the shortened s
 
     sigma_t(eta) = eta * sqrt((1 - abar_prev) / (1 - abar_t)) * sqrt(1 - abar_t / abar_prev)    (DDIM Eq. 16)
 
-The paper samples its LDMs with DDIM (usually 50-200 steps, eta 0 or 1; Tab. 1-3) because quality saturates long
+The paper samples its LDMs with DDIM (Tab. 1: 200 or 500 steps, Tab. 2-3: 250, Fig. 6: 100; eta 0 or 1 in the sample figures, e.g. Figs. 28-31) because quality saturates long
 before 1000 steps while the cost grows linearly with the steps.
 """
 

@@ -1,4 +1,4 @@
-"""Experiment 1, Table 8 in miniature (paper Sec. 3.1, App. D.1 Tab. 8): first stages with f in {1, 2, 4, 8, 16}, KL and VQ.
+"""Experiment 1, Table 8 in miniature (paper Sec. 3.1, App. D.2 Tab. 8): first stages with f in {1, 2, 4, 8, 16}, KL and VQ.
 
     python -m ldm_minimal.experiments.table8            # 10 autoencoders on shapes-32, ~20 min on 2 cores
     python -m ldm_minimal.experiments.table8 --quick

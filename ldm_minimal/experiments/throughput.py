@@ -12,7 +12,7 @@ Two measurements:
 2. FID at equal wall time, from the training curves of ``ldm_f``: at each moment the pixel model is evaluated, the
    FID each latent model had reached by then (its last checkpoint no later than that wall time).
 
-The paper (Fig. 7, Tab. 6): LDM-4 and LDM-8 reach far better FID than the pixel DM in the same training time, and
+The paper (Fig. 7, Tab. 6, Fig. 17): LDM-4 and LDM-8 reach far better FID than the pixel DM after the same training, and
 sample several times faster.
 """
 

@@ -1,6 +1,6 @@
 """The paper's applications as typed library functions on a trained LatentDiffusion model (Rombach et al., CVPR 2022).
 
-    Sec. 4.1    unconditional synthesis
+    Sec. 4.2    unconditional synthesis
     Sec. 4.3    conditional synthesis: text-to-image with classifier-free guidance
                 eps_hat = eps_theta(z_t, t, null) + s * (eps_theta(z_t, t, tau_theta(y)) - eps_theta(z_t, t, null)),
                 class-conditional and layout-to-image (App. D.3) models

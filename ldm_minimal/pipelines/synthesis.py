@@ -1,4 +1,4 @@
-"""Sampling from a text-, class-conditional or unconditional LDM (paper Sec. 4.1 and 4.3.1).
+"""Sampling from a text-, class-conditional or unconditional LDM (paper Sec. 4.2 and 4.3.1).
 
 Conditional models are sampled with classifier-free guidance,
 
@@ -146,7 +146,7 @@ def unconditional_samples(
     device: torch.device | str | None = None,
     progress: bool = False,
 ) -> Tensor:
-    """n samples of an unconditional LDM (paper Sec. 4.1): z_T ~ N(0, I) -> DDIM/DDPM -> D(z_0). (n, 3, H, W)."""
+    """n samples of an unconditional LDM (paper Sec. 4.2): z_T ~ N(0, I) -> DDIM/DDPM -> D(z_0). (n, 3, H, W)."""
     require_conditioner(ldm, (None,), "unconditional_samples")
     ldm = on_device(ldm, device)
     return sample_conditions(ldm, n, guidance=1.0, steps=steps, sampler=sampler, eta=eta, seed=seed, size=size,

@@ -2,7 +2,7 @@
 held-out evaluation of a first stage.
 
 One step is ``AutoencoderTask.train_step``, the step of ``python -m ldm_minimal train ae``: a generator step on
-    L = L_rec(x, D(E(x))) + L_reg(z) + lambda_adv * L_adv(D(E(x)))                     (paper Eq. 25)
+    L = L_rec(x, D(E(x))) + L_reg(z) + lambda_adv * L_adv(D(E(x)))                     (paper Eq. 25; lambda_adv is VQGAN's adaptive weight, Esser et al. Eq. 7)
 then a discriminator step with its own optimizer; ``disc_start`` delays the adversarial game until the
 reconstructions are good (see ``ldm_minimal.losses``). What this loop keeps of its own, so that the runs of
 ``ldm_minimal.experiments.ae_reconstruction`` (docs/results/ae_reconstruction.md) reproduce bit for bit:

@@ -143,7 +143,7 @@ class AETrainConfig:
 
 
 def first_stage_loss_config(cfg: TrainConfig | AETrainConfig, kind: str) -> AutoencoderLossConfig:
-    """The first stage's objective (Eq. 25: L_rec + L_reg + lambda_adv L_adv) from a run's settings.
+    """The first stage's objective (Eq. 25: L_rec + L_reg + L_adv; the weight lambda_adv is VQGAN's, Esser et al. Eq. 7) from a run's settings.
 
     kind: "kl" or "vq" (the autoencoder's regulariser). Unset fields take the course's defaults: the discriminator
     starts at half of the steps and ramps in over a quarter of them, with weight 0.5 (KL) or 0.75 (VQ).
