@@ -143,3 +143,16 @@ def test_picture_helpers_draw_rows_of_equal_height(monkeypatch):
     lesson.plot_curves({"loss": [1.0, 0.5, 0.25]}, logy=True)
     assert len(figures) == 3
     plt.close("all")
+
+
+def test_an_answer_that_reads_notebook_state_is_warned_before_grading(monkeypatch, capsys):
+    lesson.setup("test", mode="FAST")
+    monkeypatch.setattr(lesson, "_imported_names", lambda: {"torch"})  # as in a kernel whose cells imported torch
+    scope = {"torch": torch, "offset": 1}
+    exec("def helper(x):\n    return x\n\ndef double(x):\n    return helper(2 * x) + offset - 1\n\n"
+         "def clean(x):\n    return helper(torch.tensor(2 * x)).item()", scope)
+    assert lesson.check("double", scope["double"], _doubles) is scope["double"]
+    out = capsys.readouterr().out
+    assert "✅ double" in out and "double reads offset from this notebook" in out  # helper is in the same cell: fine
+    lesson.check("clean", scope["clean"], _doubles)
+    assert "reads" not in capsys.readouterr().out

@@ -23,7 +23,10 @@ and then uses
 
 from __future__ import annotations
 
+import ast
 import base64
+import builtins
+import dis
 import functools
 import os
 import platform
@@ -32,7 +35,7 @@ import traceback
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FunctionType
+from types import CodeType, FunctionType
 from typing import Any, Callable, Sequence
 
 import torch
@@ -159,6 +162,67 @@ def _guarded(fn: Any, banned: list[str]) -> Any:
     return guarded
 
 
+def _imported_names() -> set[str] | None:
+    """Names bound by the top-level imports of every cell run so far in this Jupyter kernel (None outside one)."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return None
+    shell = get_ipython()
+    if shell is None or "In" not in shell.user_ns:
+        return None
+    names: set[str] = set()
+    for source in shell.user_ns["In"]:
+        try:
+            tree = ast.parse(source)
+        except SyntaxError:
+            continue
+        for node in tree.body:
+            if isinstance(node, ast.Import):
+                names |= {(a.asname or a.name).split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                names |= {a.asname or a.name for a in node.names}
+    return names
+
+
+def _globals_read(code: CodeType) -> set[str]:
+    names = {i.argval for i in dis.get_instructions(code) if i.opname in ("LOAD_GLOBAL", "LOAD_NAME")}
+    for const in code.co_consts:
+        if isinstance(const, CodeType):
+            names |= _globals_read(const)
+    return names
+
+
+def notebook_state_read(answer: Any, answer_name: str) -> list[str]:
+    """The notebook variables ``answer`` reads that the grader will not have: it runs an answer cell with only the
+    notebook's imports and the earlier answers. Empty outside a Jupyter kernel (nothing to compare with)."""
+    imported = _imported_names()
+    functions = _functions_defined_by(answer)
+    if imported is None or not functions:
+        return []
+    scope, home = functions[0].__globals__, functions[0].__code__.co_filename
+    allowed = imported | set(RESULTS) | {answer_name} | set(dir(builtins))
+    flagged = set()
+    for fn in functions:
+        for name in _globals_read(fn.__code__) - allowed:
+            value = scope.get(name)
+            if name not in scope:
+                continue  # undefined here too: the check itself shows that
+            same_cell = getattr(getattr(value, "__code__", None), "co_filename", None) == home or (
+                isinstance(value, type) and any(f.__code__.co_filename == home for f in _functions_defined_by(value)))
+            if not same_cell:
+                flagged.add(name)
+    return sorted(flagged)
+
+
+def _functions_defined_by(answer: Any) -> list[FunctionType]:
+    if isinstance(answer, FunctionType):
+        return [answer]
+    if isinstance(answer, type):
+        return [v for v in vars(answer).values() if isinstance(v, FunctionType)]
+    return []
+
+
 def check(name: str, submitted: Any, test: Callable[[Any], Any], reference: Any = None,
           hints: str | Sequence[str] = (), banned: Sequence[str] = (), hint: str = "") -> Any:
     """Run ``test(submitted)`` and say how the exercise ``name`` went; return what later cells should use.
@@ -190,6 +254,11 @@ def check(name: str, submitted: Any, test: Callable[[Any], Any], reference: Any 
         message = f"{type(err).__name__}: {err}{where}"
     else:
         status, message = "passed", "correct"
+    state = notebook_state_read(submitted, name) if status != "todo" else []
+    if state:
+        print(f"⚠️  {name} reads {', '.join(state)} from this notebook. The grader runs each answer cell with only the "
+              "notebook's imports and your earlier answers, so there it would be undefined: pass it in as an argument, "
+              "import it, or compute it inside your answer.")
     attempts = RESULTS.get(name, {}).get("failures", 0) + (status == "wrong")
     RESULTS[name] = {"status": status, "submitted": submitted, "message": message, "failures": attempts}
     if status == "passed":
