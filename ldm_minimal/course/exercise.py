@@ -195,12 +195,23 @@ def decode(structure: Any, tensors: dict[str, torch.Tensor]) -> Any:
     return dec(structure)
 
 
-def save_data(path: str, obj: Any) -> None:
-    """Write ``obj`` to one safetensors file (its structure in the header's metadata)."""
-    from safetensors.torch import save_file
+def round_trip(obj: Any) -> Any:
+    """``obj`` as the other side of the sandbox sees it: encoded and decoded again (tensors copied)."""
+    return decode(*encode(obj))
+
+
+def data_bytes(obj: Any) -> bytes:
+    """``obj`` as the bytes of one safetensors file (its structure in the header's metadata)."""
+    from safetensors.torch import save
 
     structure, tensors = encode(obj)
-    save_file(tensors, path, metadata={"ldm_minimal.data": json.dumps(structure)})
+    return save(tensors, metadata={"ldm_minimal.data": json.dumps(structure)})
+
+
+def save_data(path: str, obj: Any) -> None:
+    """Write ``obj`` to one safetensors file (see :func:`data_bytes`)."""
+    with open(path, "wb") as fh:
+        fh.write(data_bytes(obj))
 
 
 def load_data(path: str, max_bytes: int = 256 << 20) -> Any:
@@ -335,12 +346,12 @@ def resolve(symbol: str) -> tuple[Any, str, Any]:
     raise ValueError(f"banned symbol {symbol!r} does not name a function, method or class of the package")
 
 
-def _functions_of(value: Any) -> list[FunctionType]:
+def functions_of(value: Any) -> list[FunctionType]:
     """The plain functions behind a function, method, property, staticmethod or class (all its methods)."""
     if isinstance(value, type):
         found = []
         for attr in vars(value).values():
-            found += _functions_of(attr)
+            found += functions_of(attr)
         return found
     if isinstance(value, property):
         return [f for f in (value.fget, value.fset) if isinstance(f, FunctionType)]
@@ -378,7 +389,7 @@ def banned_symbols(symbols: list[str] | tuple[str, ...]) -> Iterator[list[str]]:
     try:
         for symbol in symbols:
             _, _, value = resolve(symbol)
-            functions = _functions_of(value)
+            functions = functions_of(value)
             if not functions:
                 missed.append(symbol)
             for fn in functions:

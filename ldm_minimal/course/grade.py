@@ -174,24 +174,20 @@ def submission_answers(path: Path, solution: Solution) -> dict[str, str]:
 # one exercise
 
 
-def _round_trip(obj: Any) -> Any:
-    return exercise.decode(*exercise.encode(obj))
-
-
-def draw_cases(spec: Spec, seed: int, index: int) -> tuple[dict, list[tuple]]:
-    """The cases of one exercise for a grading seed: (their encoded form for the sandbox, decoded copies)."""
+def draw_cases(spec: Spec, seed: int, index: int) -> list[tuple]:
+    """The cases of one exercise for a grading seed, as the sandbox will see them (data only)."""
     g = torch.Generator().manual_seed((seed * 1_000_003 + index) % (2**63))
     cases = [tuple(c) for c in spec.cases(g)]
     structure, tensors = exercise.encode(cases)
     if "__unsupported__" in json.dumps(structure):
         raise CourseError(f"grading spec {spec.name!r}: its cases hold something other than data.")
-    return {"structure": structure, "tensors": tensors}, cases
+    return exercise.decode(structure, tensors)
 
 
-def expected_outputs(spec: Spec, encoded: dict) -> list[Any]:
+def expected_outputs(spec: Spec, cases: list[tuple]) -> list[Any]:
     """The reference's outputs, computed here, each on a fresh copy of its case (a probe may change its inputs)."""
-    cases = exercise.decode(encoded["structure"], encoded["tensors"])
-    return [_round_trip(exercise.run_probe(spec.probe, spec.reference, tuple(_round_trip(case)))) for case in cases]
+    return [exercise.round_trip(exercise.run_probe(spec.probe, spec.reference, tuple(exercise.round_trip(case))))
+            for case in cases]
 
 
 def _signal_name(code: int | None) -> str:
@@ -307,8 +303,8 @@ def grade_notebook(submission: str | Path, solution: str | Path | Solution | Non
 def _grade_one(solution: Solution, index: int, answers: dict[str, str], passed: dict[str, bool], spec: Spec,
                settings: Settings, iso: sandbox.Isolation, remaining: float) -> tuple[str | None, int]:
     ex = solution.exercises[index]
-    encoded, _ = draw_cases(spec, settings.seed, index)
-    want = expected_outputs(spec, encoded)
+    cases = draw_cases(spec, settings.seed, index)
+    want = expected_outputs(spec, cases)
     earlier = [{"answer": e.answer, "source": answers.get(e.grade_id) if passed.get(e.answer) else None}
                for e in solution.exercises[:index]]
     specs = {e.answer: e.spec_source for e in solution.exercises[: index + 1]}
@@ -323,10 +319,7 @@ def _grade_one(solution: Solution, index: int, answers: dict[str, str], passed: 
         job_dir = work / "job"
         job_dir.mkdir()
         (job_dir / "job.json").write_text(json.dumps(job))
-        from safetensors.torch import save_file
-
-        save_file(encoded["tensors"], str(job_dir / "cases.safetensors"),
-                  metadata={"ldm_minimal.data": json.dumps(encoded["structure"])})
+        exercise.save_data(str(job_dir / "cases.safetensors"), cases)
         env = {"LDM_COURSE_MODE": settings.mode, "LDM_COURSE_THREADS": str(settings.threads),
                "OMP_NUM_THREADS": str(settings.threads), "MPLBACKEND": "Agg", "HF_HUB_OFFLINE": "1",
                "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}

@@ -23,7 +23,6 @@ import os
 import sys
 
 import torch
-from safetensors.torch import save
 
 from ldm_minimal.course import exercise
 from ldm_minimal.course.sandbox import READY
@@ -88,8 +87,7 @@ def main(job_dir: str) -> None:
                 result["missing"] = True
             else:
                 result["outputs"] = [exercise.run_probe(spec.probe, answer, tuple(case)) for case in cases]
-    structure, tensors = exercise.encode(result)
-    blob = save(tensors, metadata={"ldm_minimal.data": json.dumps(structure)})
+    blob = exercise.data_bytes(result)
     with os.fdopen(fd, "wb") as fh:
         fh.seek(0)
         fh.truncate()

@@ -197,7 +197,7 @@ def notebook_state_read(answer: Any, answer_name: str) -> list[str]:
     """The notebook variables ``answer`` reads that the grader will not have: it runs an answer cell with only the
     notebook's imports and the earlier answers. Empty outside a Jupyter kernel (nothing to compare with)."""
     imported = _imported_names()
-    functions = _functions_defined_by(answer)
+    functions = exercise.functions_of(answer)
     if imported is None or not functions:
         return []
     scope, home = functions[0].__globals__, functions[0].__code__.co_filename
@@ -209,18 +209,10 @@ def notebook_state_read(answer: Any, answer_name: str) -> list[str]:
             if name not in scope:
                 continue  # undefined here too: the check itself shows that
             same_cell = getattr(getattr(value, "__code__", None), "co_filename", None) == home or (
-                isinstance(value, type) and any(f.__code__.co_filename == home for f in _functions_defined_by(value)))
+                isinstance(value, type) and any(f.__code__.co_filename == home for f in exercise.functions_of(value)))
             if not same_cell:
                 flagged.add(name)
     return sorted(flagged)
-
-
-def _functions_defined_by(answer: Any) -> list[FunctionType]:
-    if isinstance(answer, FunctionType):
-        return [answer]
-    if isinstance(answer, type):
-        return [v for v in vars(answer).values() if isinstance(v, FunctionType)]
-    return []
 
 
 def check(name: str, submitted: Any, test: Callable[[Any], Any], reference: Any = None,
@@ -296,11 +288,10 @@ def grading_spec(name: str, cases: Callable[[torch.Generator], list[tuple]], ref
         if result["status"] != "passed":
             raise AssertionError(f"exercise {name!r}: {result['message']}")
         g = torch.Generator().manual_seed(0)
-        for k, case in enumerate(spec.cases(g)):
-            data = exercise.decode(*exercise.encode(tuple(case)))
-            want = exercise.run_probe(spec.probe, spec.reference, exercise.decode(*exercise.encode(data)))
-            got = exercise.run_probe(spec.probe, result["submitted"], exercise.decode(*exercise.encode(data)))
-            spec.check(exercise.decode(*exercise.encode(got)), exercise.decode(*exercise.encode(want)))
+        for case in spec.cases(g):
+            want = exercise.run_probe(spec.probe, spec.reference, exercise.round_trip(tuple(case)))
+            got = exercise.run_probe(spec.probe, result["submitted"], exercise.round_trip(tuple(case)))
+            spec.check(exercise.round_trip(got), exercise.round_trip(want))
     return spec
 
 

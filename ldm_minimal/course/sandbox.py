@@ -75,17 +75,18 @@ def _bwrap_works(root: bool) -> bool:
         return False
 
 
+def _become(uid: int) -> None:
+    """Drop every group and become ``uid`` (the grader runs as root; called in a child before exec)."""
+    os.setgroups([])
+    os.setgid(uid)
+    os.setuid(uid)
+
+
 def _other_user_can_run_python() -> bool:
-    uid = 620000 + secrets.randbelow(300000)
-
-    def become() -> None:
-        os.setgroups([])
-        os.setgid(uid)
-        os.setuid(uid)
-
+    uid = fresh_uid()
     try:
         return subprocess.run([sys.executable, "-c", "import torch"], capture_output=True, timeout=120, cwd="/",
-                              preexec_fn=become).returncode == 0
+                              preexec_fn=lambda: _become(uid)).returncode == 0
     except (OSError, subprocess.SubprocessError):
         return False
 
@@ -317,9 +318,7 @@ def _limit(cpu_s: float, memory_mb: int, file_mb: int, processes: int | None, ui
         if processes is not None:
             resource.setrlimit(resource.RLIMIT_NPROC, (processes, processes))
         if uid is not None:
-            os.setgroups([])
-            os.setgid(uid)
-            os.setuid(uid)
+            _become(uid)
 
     return apply
 
